@@ -216,7 +216,8 @@ def reorientation_for(geometry: Geometry) -> Reorientation:
 def to_canonical(image: sitk.Image) -> tuple[np.ndarray, Reorientation]:
     """Array in canonical orientation (z,y,x) plus the transform that undoes it."""
     reo = reorientation_for(Geometry.of(image))
-    return reo.array_to_canonical(sitk.GetArrayViewFromImage(image)), reo
+    # GetArrayFromImage copies: a view would dangle once the caller drops `image`
+    return reo.array_to_canonical(sitk.GetArrayFromImage(image)), reo
 
 
 def from_canonical(array: np.ndarray, reorientation: Reorientation) -> sitk.Image:

@@ -131,6 +131,29 @@ def test_label_written_for_reoriented_image_overlays_source_label(tmp_path, name
         np.testing.assert_allclose(np.sort(src_pts, axis=0), np.sort(out_pts, axis=0), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["lps", "ras"])
+def test_canonical_array_owns_its_memory(tmp_path, name):
+    """The array must stay valid after the image it came from is freed (LPS needs no reorder)."""
+    source = make_image(DIRECTIONS[name])
+    expected = sitk.GetArrayFromImage(source)
+    path = write_image(source, tmp_path / "img.nii.gz")
+    canonical, reo = to_canonical(read_image(path))  # the image is dropped right here
+    import gc
+
+    gc.collect()
+    _ = [np.ones((7, 11, 13), np.float32) * i for i in range(20)]  # reuse freed memory
+    np.testing.assert_array_equal(reo.array_to_original(canonical), expected)
+
+
+def test_multi_member_gzip_nifti_is_accepted(tmp_path):
+    """pigz-style multi-member streams are valid gzip; only truncation is rejected."""
+    source = make_image(np.eye(3))
+    plain = write_image(source, tmp_path / "img.nii", compress=False).read_bytes()
+    path = tmp_path / "multi.nii.gz"
+    path.write_bytes(gzip.compress(plain[:1000]) + gzip.compress(plain[1000:]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(path)), sitk.GetArrayFromImage(source))
+
+
 def test_reorientation_json_round_trip():
     _, reo = to_canonical(make_image(DIRECTIONS["oblique_permuted"]))
     again = Reorientation.from_json(reo.to_json())
