@@ -1,20 +1,127 @@
 """The organisers' metrics, reproduced locally: FLARE DSC/NSD, BraTS Dice/HD95 (legacy and
-2023 lesion-wise), and FLARE-style efficiency of a submission image."""
+2023 lesion-wise), and FLARE-style efficiency of a submission image.
+
+  segpipe evaluate flare --pred DIR --gt DIR [--json FILE] [--csv FILE] [--report DIR]
+  segpipe evaluate brats --pred DIR --gt DIR --convention legacy|2023 [--lesionwise]
+  segpipe evaluate efficiency --image IMAGE --inputs DIR [--outputs DIR] [--gt DIR]
+  segpipe evaluate efficiency --local predict.sh --inputs DIR ...
+
+Exit status: 0 when every case was scored (missing predictions are scored 0 and listed),
+1 when a case could not be read or a container failed, 2 on bad arguments.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from pipeline.commands._common import not_implemented
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("kind", choices=["flare", "brats", "efficiency"])
-    parser.add_argument("--pred", metavar="DIR", help="prediction folder")
-    parser.add_argument("--gt", metavar="DIR", help="ground-truth folder")
-    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--pred", metavar="DIR", help="prediction folder (<case>.nii.gz, matched by name)")
+    parser.add_argument("--gt", metavar="DIR", help="ground-truth folder (efficiency: also score the outputs)")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON (schema in the README)")
     parser.add_argument("--csv", metavar="FILE", help="write per-case results as CSV")
+    parser.add_argument("--report", metavar="DIR", help="write report.html (self-contained) and its PNGs here")
+    parser.add_argument("--workers", type=int, default=2, metavar="N", help="parallel cases (default 2)")
+    brats = parser.add_argument_group("brats")
+    brats.add_argument("--convention", choices=["legacy", "2023"], default="2023",
+                       help="legacy: labels 1/2/4, medpy HD95, 373.13; 2023: labels 1/2/3, DeepMind HD95, 374")
+    brats.add_argument("--lesionwise", action="store_true", help="add the 2023 lesion-wise Dice/HD95")
+    brats.add_argument("--challenge", choices=["GLI", "SSA", "PED", "MEN", "MET"], default="GLI",
+                       help="lesion-wise dilation and volume threshold (default GLI: 3 iterations, 50 mm³)")
+    report = parser.add_argument_group("report")
+    report.add_argument("--images", metavar="DIR", help="CT/MR images (<case>_0000.nii.gz) as overlay background")
+    report.add_argument("--efficiency", metavar="FILE", help="efficiency JSON whose timelines go into the report")
+    eff = parser.add_argument_group("efficiency")
+    eff.add_argument("--image", metavar="IMAGE", help="submission image, e.g. teamname:latest")
+    eff.add_argument("--inputs", metavar="DIR", help="input cases; each runs alone in a fresh container")
+    eff.add_argument("--outputs", metavar="DIR", help="collect every case's outputs here")
+    eff.add_argument("--local", metavar="PREDICT_SH", help="run this predict.sh as a plain process instead of docker")
+    eff.add_argument("--gpus", default="auto", help="auto | all | none | device=N[,M] (FLARE22 used device=1)")
+    eff.add_argument("--time-limit", type=float, default=3600.0, metavar="S",
+                     help="kill a case after S seconds and score it as stuck, as FLARE does (default 3600)")
+    eff.add_argument("--shm-size", default=None, help="e.g. 28g (FLARE23/24); default: docker's 64 MB, as FLARE22")
+    eff.add_argument("--memory", default=None, help="memory limit, e.g. 28g (FLARE23/24); default none")
+    eff.add_argument("--network", default=None, help="docker network mode; default: docker's bridge, as the FLARE organisers; none = offline")
+    eff.add_argument("--interval", type=float, default=0.1, help="sampling interval in s (organisers: 0.1)")
+
+
+def _require(args: argparse.Namespace, *names: str) -> None:
+    from pipeline.errors import SegpipeError
+
+    missing = [f"--{n.replace('_', '-')}" for n in names if not getattr(args, n)]
+    if missing:
+        raise SegpipeError(f"evaluate {args.kind} needs {' and '.join(missing)}")
+
+
+def _emit(results: dict, args: argparse.Namespace) -> None:
+    from evaluation.results import format_table, write_csv, write_json
+
+    print(format_table(results))
+    if args.json:
+        write_json(results, args.json)
+    if args.csv:
+        write_csv(results, args.csv)
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_implemented("evaluate", "issue #7")
+    from pipeline.errors import SegpipeError
+
+    if args.workers < 1:
+        raise SegpipeError("--workers must be at least 1")
+    if args.kind == "efficiency":
+        return _run_efficiency(args)
+    _require(args, "pred", "gt")
+    if args.kind == "flare":
+        from evaluation.flare import evaluate_flare
+
+        results = evaluate_flare(args.pred, args.gt, workers=args.workers)
+    else:
+        from evaluation.brats import evaluate_brats
+
+        results = evaluate_brats(
+            args.pred, args.gt, convention=args.convention, lesionwise=args.lesionwise,
+            challenge=args.challenge, workers=args.workers,
+        )
+    _emit(results, args)
+    if args.report:
+        from evaluation.report import write_report
+        from evaluation.results import load_json
+
+        efficiency = load_json(args.efficiency) if args.efficiency else None
+        page = write_report(args.report, accuracy=results, efficiency=efficiency, pred_dir=args.pred,
+                            gt_dir=args.gt, image_dir=args.images)
+        print(f"report: {page}")
+    return 1 if results["failed"] else 0
+
+
+def _run_efficiency(args: argparse.Namespace) -> int:
+    from pipeline.errors import SegpipeError
+
+    _require(args, "inputs")
+    if not args.image and not args.local:
+        raise SegpipeError("evaluate efficiency needs --image IMAGE (docker) or --local predict.sh")
+    from evaluation.efficiency import format_efficiency, measure
+
+    results = measure(
+        inputs=args.inputs, image=args.image, local=args.local, outputs=args.outputs, gpus=args.gpus,
+        time_limit=args.time_limit, shm_size=args.shm_size, memory=args.memory, network=args.network,
+        interval=args.interval, gt_dir=args.gt, workers=args.workers,
+    )
+    print(format_efficiency(results))
+    if args.json:
+        from evaluation.results import write_json
+
+        write_json(results, args.json)
+    if args.csv:
+        from evaluation.efficiency import write_efficiency_csv
+
+        write_efficiency_csv(results, args.csv)
+    if args.report:
+        from evaluation.report import write_report
+
+        page = write_report(args.report, accuracy=results.get("accuracy"), efficiency=results,
+                            pred_dir=args.outputs, gt_dir=args.gt, image_dir=args.inputs)
+        print(f"report: {page}")
+    return 1 if any(c["status"] != "ok" for c in results["cases"]) else 0
