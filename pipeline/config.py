@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -32,10 +32,18 @@ class PrepareSection(Section):
     layout: Literal["auto", "flare", "brats", "nnunet", "flat"] = "auto"
     coarse_size: tuple[int, int, int] | None = (160, 160, 160)  # (z, y, x); None → use coarse_spacing
     coarse_spacing: tuple[float, float, float] | None = None  # mm, (z, y, x)
-    fine_size: tuple[int, int, int] = (96, 192, 192)
-    fine_margin_mm: float = Field(20.0, ge=0)
+    fine_size: tuple[int, int, int] | None = (96, 192, 192)  # (z, y, x); None → use fine_spacing
+    fine_spacing: tuple[float, float, float] | None = None  # mm, (z, y, x)
+    fine_margin_mm: float = Field(20.0, ge=0)  # nominal margin around the ROI (CSSN: 20 mm)
+    # extra margin stored beyond the nominal one, so training can jitter the ROI (SampleStore.fine_crop)
+    fine_jitter_mm: float = Field(20.0, ge=0)
+    # fine ROI of labeled cases: the label's foreground box, or the body/brain box (unlabeled: always body)
+    fine_roi: Literal["foreground", "body"] = "foreground"
     ct_window: tuple[float, float] = (-325.0, 325.0)
-    label_resampling: Literal["nearest", "linear"] = "nearest"
+    ct_body_threshold: float = -500.0  # HU; body mask = largest component above it
+    ct_stats: Literal["body", "volume"] = "body"  # z-score statistics inside the body mask, or the whole volume (CSSN)
+    label_resampling: Literal["nearest", "linear"] = "linear"  # linear = per-label linear + argmax (measured)
+    label_map: dict[int, int] | None = None  # nnunet/flat layouts: raw label id → internal id, explicit
     folds: int = Field(5, ge=2)
     seed: int = 0
     workers: int = Field(2, ge=1)
@@ -48,10 +56,197 @@ class PrepareSection(Section):
             raise ValueError("ct_window must be (low, high) with low < high")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _spacing_wins(cls, data: Any) -> Any:
+        """Setting a stage's spacing switches that stage from fixed size to fixed spacing."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for stage in ("coarse", "fine"):
+                if data.get(f"{stage}_spacing") is not None:
+                    data[f"{stage}_size"] = None
+        return data
+
+    @model_validator(mode="after")
+    def _size_or_spacing(self) -> PrepareSection:
+        for stage in ("coarse", "fine"):
+            size, spacing = getattr(self, f"{stage}_size"), getattr(self, f"{stage}_spacing")
+            if size is None and spacing is None:
+                raise ValueError(f"set {stage}_size or {stage}_spacing")
+            if size is not None and min(size) < 1:
+                raise ValueError(f"{stage}_size must be positive")
+            if spacing is not None and min(spacing) <= 0:
+                raise ValueError(f"{stage}_spacing must be positive")
+        return self
+
+
+# --- training (issue #4): coarse:/fine: hold the network and its stage's knobs, train: the engine ---
+class StageTrainSection(Section):
+    epochs: int = Field(100, ge=1)
+    iters_per_epoch: int | None = Field(None, ge=1)  # None → one pass over the labeled training cases
+    batch_size: int = Field(2, ge=1)  # labeled samples per step and process
+    unlabeled_batch_size: int = Field(2, ge=0)  # unlabeled samples per step (CPS only)
+    patch_size: tuple[int, int, int] | None = None  # (z, y, x); None → the prepared sample size
+    fg_oversample: float = Field(0.33, ge=0, le=1)  # share of patches centred on a foreground voxel
+    lr: float = Field(1e-3, gt=0)
+    loss: Literal["dice_ce", "dice_focal"] = "dice_ce"
+
+
+class ModelSection(Section):
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256], min_length=2)
+    blocks: int = Field(1, ge=0)
+    strides: list[tuple[int, int, int]] | None = None  # per downsampling (z, y, x); None → 2
+    norm: Literal["instance", "batch", "group"] = "instance"
+    act: Literal["relu", "leaky_relu", "gelu"] = "leaky_relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    deep_supervision: bool = False
+
+
+class FineModelSection(ModelSection):
+    blocks: int = Field(2, ge=1)
+    context: bool = True
+    context_reduction: int = Field(4, ge=1)
+    decoder_blocks: int = Field(1, ge=1)
+    mask_channels: bool = False  # append the modality-availability mask as input channels
+
+
+class CoarseSection(Section):
+    model: ModelSection = ModelSection()
+    train: StageTrainSection = StageTrainSection()
+
+
+class MissingSection(Section):
+    """Settings of the missing-modality methods (issue #6; fine_seg/missing/)."""
+
+    # modality dropout (shaspec, lckd): warm-up with every available modality, then each sample
+    # is reduced to a random non-empty subset of its modalities with probability dropout_p
+    dropout: Literal["random", "none"] = "random"
+    warmup_fraction: float = Field(0.44, ge=0, le=1)  # ShaSpec: 80k of 180k iterations
+    dropout_p: float = Field(1.0, ge=0, le=1)
+    specific_channels: list[int] | None = None  # shaspec specific encoders; None → fine.model.channels
+    align_weight: float = Field(0.1, ge=0)  # shaspec: L1 between shared features of modality pairs
+    cls_weight: float = Field(0.02, ge=0)  # shaspec: modality classification on specific features
+    distill_weight: float = Field(0.1, ge=0)  # lckd: L1 teacher → student bottleneck features
+    elect_every: int = Field(5, ge=1)  # lckd: epochs between teacher elections (validation split)
+    initial_teacher: Literal["flair", "t1", "t1ce", "t2"] = "flair"
+    temperature: float = Field(4.0, gt=0)  # passion/hga: KL temperature
+    kl_weight: float = Field(0.5, ge=0)
+    proto_weight: float | None = Field(None, ge=0)  # None → 0.1 (passion) / 0.02 (hga)
+    beta_min: float = Field(0.1, gt=0)
+    beta_max: float = Field(4.0, gt=0)
+    beta_norm: float = Field(2.0, gt=0)  # ‖β‖₂ after each update
+    eta: float = Field(0.01, ge=0)  # β step size ...
+    eta_growth: float = Field(1.5, ge=1)  # ... multiplied by this ...
+    eta_growth_every: int = Field(100, ge=1)  # ... every this many epochs
+    reptile_eps: tuple[float, float] = (0.1, 1.0)  # hga: interpolation ε from → to over training
+
+
+class FineSection(Section):
+    model: FineModelSection = FineModelSection()
+    train: StageTrainSection = StageTrainSection()
+    # missing-modality training method (issue #6): plain = the network above, zero-filled inputs
+    method: Literal["plain", "shaspec", "lckd", "passion", "hga"] = "plain"
+    missing: MissingSection = MissingSection()
+    roi_jitter_mm: float = Field(0.0, ge=0)  # CSSN: 40 mm; needs the raw images (SampleStore.fine_crop)
+    roi_jitter_p: float = Field(0.5, ge=0, le=1)
+
+
+class CPSSection(Section):
+    enabled: bool = False
+    weight: float = Field(1.0, ge=0)
+    rampup_epochs: float = Field(10.0, ge=0)  # sigmoid ramp-up exp(-5(1-t)^2)
+
+
+class UIFSection(Section):
+    enabled: bool = False
+    refresh_every: int = Field(10, ge=1)  # epochs between scoring passes over the unlabeled scans
+    start_epoch: int | None = Field(None, ge=1)  # first filtering; None → 2·refresh_every
+    keep: int | None = Field(None, ge=1)  # keep this many scans ...
+    fraction: float = Field(0.1, gt=0, le=1)  # ... or this share (used when keep is None)
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of network disagreement vs checkpoint instability
+    history_stride: int = Field(2, ge=1)  # pseudo-labels kept on disk at 1/stride resolution
+
+
+class AugmentSection(Section):
+    enabled: bool = True
+    flip_axes: list[int] = Field(default_factory=list)  # tensor axes (0=z, 1=y, 2=x); none for left/right labels
+    flip_p: float = Field(0.5, ge=0, le=1)
+    rotate_deg: float = Field(10.0, ge=0)
+    rotate_p: float = Field(0.2, ge=0, le=1)
+    scale: float = Field(0.1, ge=0, lt=1)  # zoom factor in [1-scale, 1+scale]
+    scale_p: float = Field(0.2, ge=0, le=1)
+    intensity_shift: float = Field(0.1, ge=0)  # added, in normalised units
+    intensity_scale: float = Field(0.1, ge=0, lt=1)  # multiplied by [1-s, 1+s]
+    intensity_p: float = Field(0.5, ge=0, le=1)
+    noise_std: float = Field(0.0, ge=0)
+
+
+class TrainSection(Section):
+    fold: int = Field(0, ge=0)
+    seed: int = 0
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.99, ge=0, lt=1)  # SGD (Nesterov)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    schedule: Literal["poly", "step"] = "poly"
+    poly_power: float = Field(0.9, gt=0)
+    step_milestones: list[float] = Field(default_factory=lambda: [0.66, 0.86])  # fractions of training
+    step_factors: list[float] = Field(default_factory=lambda: [0.1, 0.05])
+    warmup_epochs: float = Field(1.0, ge=0)  # linear LR warm-up
+    grad_clip: float | None = Field(12.0, gt=0)
+    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, else fp16; fp32 on CPU
+    compile: bool = False
+    channels_last: bool = False  # channels_last_3d memory format (faster 3D convs on CPU/oneDNN and recent GPUs)
+    deterministic: bool = False
+    num_threads: int | None = Field(None, ge=1)
+    workers: int = Field(0, ge=0)  # data-loading processes per training process
+    val_every: int = Field(1, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    cps: CPSSection = CPSSection()
+    uif: UIFSection = UIFSection()
+    augment: AugmentSection = AugmentSection()
+
+
+# --- inference (issue #5): `segpipe predict`; see pipeline/inference/ ---
+class ClassPostprocessSection(Section):
+    mode: Literal["largest", "threshold", "none"] = "largest"
+    min_volume_mm3: float = Field(0.0, ge=0)
+
+
+class SmallLesionSection(Section):
+    label: int = Field(3, ge=1)  # internal id checked (BraTS 2023: 3 = ET)
+    min_voxels: int = Field(500, ge=1)  # ShaSpec: ET < 500 voxels → necrotic core
+    relabel_to: int = Field(1, ge=0)  # 1 = NCR (ShaSpec), 0 = background (PASSION ETPro)
+
+
+class PostprocessSection(Section):
+    default: ClassPostprocessSection = ClassPostprocessSection()
+    classes: dict[int, ClassPostprocessSection] = Field(default_factory=dict)  # per internal label id
+    connectivity: Literal[6, 18, 26] = 26
+    small_lesion: SmallLesionSection | None = None
+
+
+class PredictSection(Section):
+    overlap: float = Field(0.5, ge=0, lt=1)  # sliding-window overlap (fine stage, when the ROI exceeds the patch)
+    window: Literal["auto", "whole", "sliding"] = "auto"
+    tta: bool = False  # mirror test-time augmentation over mirror_axes
+    mirror_axes: list[Literal[0, 1, 2]] = Field(default_factory=lambda: [0, 1])  # z, y; never x (left/right organs)
+    coarse_min_volume_mm3: float = Field(1000.0, ge=0)  # CSSN: coarse components below are ignored
+    z_window_mm: float | None = Field(240.0, gt=0)  # CSSN: ROI z-window around the main component
+    roi_margin_mm: float | None = Field(None, ge=0)  # None → the margin the fine samples were prepared with
+    amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
+    postprocess: PostprocessSection | None = None  # None → the weights' manifest, else the task default
+    gc_output_slug: str | None = None  # grand-challenge output interface; None → the input's slug
+    num_threads: int | None = Field(None, ge=1)  # None → the cores this process may use
+
 
 class SegpipeConfig(Section):
     task: TaskSection = TaskSection()
     prepare: PrepareSection = PrepareSection()
+    coarse: CoarseSection = CoarseSection()
+    fine: FineSection = FineSection()
+    train: TrainSection = TrainSection()
+    predict: PredictSection = PredictSection()
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -249,7 +249,32 @@ def read_image(path: str | Path, *, check_finite: bool = True) -> sitk.Image:
     if p.name.lower().endswith(".nii.gz") and not _gzip_nifti_complete(p, image):
         # ITK's NIfTI reader zero-fills a truncated .gz stream instead of failing
         raise ImageError(p, "truncated or corrupt gzip stream (file incomplete?)")
+    if check_finite and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) and p.name.lower().endswith((".nii", ".nii.gz")):
+        bad = _nifti_nonfinite(p)
+        if bad:  # ITK's NIfTI reader turns NaN into 0, so the array check above cannot see them
+            raise ImageError(p, f"{bad} non-finite voxel values (NaN or inf)")
     return image
+
+
+def _nifti_nonfinite(path: Path) -> int:
+    """Non-finite voxels in a float NIfTI file, counted on the stored bytes."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    for endian in "<>":
+        if struct.unpack(f"{endian}i", data[:4])[0] == 348:
+            dtype_code, offset = struct.unpack(f"{endian}h", data[70:72])[0], int(struct.unpack(f"{endian}f", data[108:112])[0])
+            break
+        if struct.unpack(f"{endian}i", data[:4])[0] == 540:
+            dtype_code, offset = struct.unpack(f"{endian}h", data[12:14])[0], struct.unpack(f"{endian}q", data[168:176])[0]
+            break
+    else:
+        return 0
+    kind = {16: "f4", 64: "f8"}.get(dtype_code)
+    if kind is None:
+        return 0
+    values = np.frombuffer(data, dtype=np.dtype(endian + kind), offset=offset)
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
 
 
 def _gzip_nifti_complete(path: Path, image: sitk.Image) -> bool:
