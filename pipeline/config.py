@@ -7,6 +7,7 @@ Overrides use dotted keys and YAML values: `--set prepare.workers=2 --set prepar
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The repository's configs/ (editable installs, CI); the image sets SEGPIPE_CONFIG_DIR to its copy.
+CONFIG_DIR = Path(os.environ.get("SEGPIPE_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "configs")
 
 
 class Section(BaseModel):

@@ -57,7 +57,7 @@ def test_overrides_are_yaml_typed_and_validated():
     cfg = load_config("flare", ["prepare.workers=3", "prepare.ct_window=[-200, 300]"])
     assert cfg.prepare.workers == 3
     assert cfg.prepare.ct_window == (-200.0, 300.0)
-    with pytest.raises(ConfigError, match="prepare.workers"):
+    with pytest.raises(ConfigError, match=r"prepare\.workers"):
         load_config("flare", ["prepare.workers=0"])
     with pytest.raises(ConfigError, match="ct_window"):
         load_config(None, ["prepare.ct_window=[300, -200]"])
