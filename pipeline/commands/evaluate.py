@@ -30,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     brats.add_argument("--lesionwise", action="store_true", help="add the 2023 lesion-wise Dice/HD95")
     brats.add_argument("--challenge", choices=["GLI", "SSA", "PED", "MEN", "MET"], default="GLI",
                        help="lesion-wise dilation and volume threshold (default GLI: 3 iterations, 50 mm³)")
+    brats.add_argument("--subsets", metavar="SPEC",
+                       help="missing-modality table: run --weights on --data with every subset ('all' = the 15 "
+                            "non-empty subsets, or e.g. 'flair,t1ce+t2'); Dice/HD95 per subset and their mean")
+    brats.add_argument("--data", metavar="DIR", help="with --subsets: labeled BraTS-layout folder")
+    brats.add_argument("--weights", metavar="DIR", help="with --subsets: weights folder (default: the packaged ones)")
+    brats.add_argument("--markdown", metavar="FILE", help="with --subsets: write the table as Markdown")
+    brats.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="with --subsets")
     report = parser.add_argument_group("report")
     report.add_argument("--images", metavar="DIR", help="CT/MR images (<case>_0000.nii.gz) as overlay background")
     report.add_argument("--efficiency", metavar="FILE", help="efficiency JSON whose timelines go into the report")
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         raise SegpipeError("--workers must be at least 1")
     if args.kind == "efficiency":
         return _run_efficiency(args)
+    if args.kind == "brats" and getattr(args, "subsets", None):
+        return _run_subsets(args)
     _require(args, "pred", "gt")
     if args.kind == "flare":
         from evaluation.flare import evaluate_flare
@@ -125,3 +134,31 @@ def _run_efficiency(args: argparse.Namespace) -> int:
                             pred_dir=args.outputs, gt_dir=args.gt, image_dir=args.inputs)
         print(f"report: {page}")
     return 1 if any(c["status"] != "ok" for c in results["cases"]) else 0
+
+
+def _run_subsets(args: argparse.Namespace) -> int:
+    """`evaluate brats --subsets`: the missing-modality papers' table (evaluation/subsets.py)."""
+    from pipeline.errors import SegpipeError
+
+    _require(args, "data")
+    from evaluation.subsets import (
+        evaluate_subsets,
+        markdown_table,
+        pipeline_cases,
+        pipeline_predictor,
+        write_outputs,
+    )
+    from fine_seg.missing.subsets import parse_subsets
+
+    try:
+        subsets = parse_subsets(args.subsets)
+    except ValueError as exc:
+        raise SegpipeError(f"--subsets: {exc}") from None
+    cases = pipeline_cases(args.data)
+    if not cases:
+        raise SegpipeError(f"{args.data}: no labeled BraTS cases")
+    predict = pipeline_predictor(args.weights, device=args.device, convention=args.convention)
+    results = evaluate_subsets(predict, cases, subsets, convention=args.convention)
+    print(markdown_table(results), end="")
+    write_outputs(results, json_path=args.json, markdown_path=args.markdown, csv_path=args.csv)
+    return 1 if results["failed"] else 0

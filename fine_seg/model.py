@@ -1,0 +1,127 @@
+"""EfficientSegNet-style fine network: residual encoder, strip-pooling context, anisotropic decoder.
+
+Interface: `forward(x [B,N,Z,Y,X], modality_mask [B,N] bool) -> logits [B,K,Z,Y,X]` (a list
+[full, ½, ¼, ...] in training mode when deep supervision is on). Missing channels are zeroed
+inside the model, so callers cannot forget. The network is split into `encode` → `fuse` →
+`decode`; missing-modality methods (ShaSpec, LCKD, PASSION, HGA) replace `encode` with
+per-modality encoders and `fuse` with feature substitution while keeping the decoder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.nn import AnisoBlock, ConvNormAct, ResBlock, StripPoolContext, init_weights, upsample_to
+
+DEFAULTS: dict[str, Any] = {
+    "in_channels": 1,  # N modalities
+    "num_classes": 14,
+    "channels": [16, 32, 64, 128, 256],
+    "blocks": 2,  # residual blocks per encoder stage (the first one strides)
+    "strides": None,  # per downsampling [z, y, x]; None → 2 everywhere
+    "norm": "instance",
+    "act": "leaky_relu",
+    "dropout": 0.0,
+    "context": True,  # strip-pooling context block at the bottleneck
+    "context_reduction": 4,
+    "decoder_blocks": 1,  # anisotropic blocks per decoder level
+    "deep_supervision": False,
+    "mask_channels": False,  # append the availability mask as N constant input channels
+}
+
+
+def default_model_config(**overrides: Any) -> dict[str, Any]:
+    cfg = {**DEFAULTS, **overrides}
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"fine model: unknown keys {sorted(unknown)}")
+    return cfg
+
+
+class EfficientSegNet(nn.Module):
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.cfg = default_model_config(**cfg)
+        c = list(self.cfg["channels"])
+        n = int(self.cfg["in_channels"])
+        kw = {"norm": self.cfg["norm"], "act": self.cfg["act"]}
+        drop = float(self.cfg["dropout"])
+        strides = self.cfg["strides"] or [2] * (len(c) - 1)
+        if len(strides) != len(c) - 1:
+            raise ValueError(f"fine model: {len(c) - 1} downsamplings need {len(c) - 1} strides, got {len(strides)}")
+        self.num_modalities = n
+        cin = 2 * n if self.cfg["mask_channels"] else n
+        blocks = max(1, int(self.cfg["blocks"]))
+        self.stem = nn.Sequential(ConvNormAct(cin, c[0], 3, **kw), ResBlock(c[0], c[0], dropout=drop, **kw))
+        self.encoder = nn.ModuleList()
+        for i in range(1, len(c)):
+            stage = [ResBlock(c[i - 1], c[i], strides[i - 1], dropout=drop, **kw)]
+            stage += [ResBlock(c[i], c[i], dropout=drop, **kw) for _ in range(blocks - 1)]
+            self.encoder.append(nn.Sequential(*stage))
+        self.context = (
+            StripPoolContext(c[-1], reduction=int(self.cfg["context_reduction"]), **kw)
+            if self.cfg["context"] else nn.Identity()
+        )
+        # decoder level for skip i: 1×1×1 "trans" conv c[i+1]→c[i], upsample, add skip, anisotropic blocks
+        self.trans = nn.ModuleList(ConvNormAct(c[i + 1], c[i], 1, **kw) for i in reversed(range(len(c) - 1)))
+        self.dec = nn.ModuleList(
+            nn.Sequential(*[AnisoBlock(c[i], **kw) for _ in range(max(1, int(self.cfg["decoder_blocks"])))])
+            for i in reversed(range(len(c) - 1))
+        )
+        k = int(self.cfg["num_classes"])
+        self.head = nn.Conv3d(c[0], k, 1)
+        self.ds_heads = nn.ModuleList(
+            nn.Conv3d(c[i], k, 1) for i in range(1, len(c) - 1)
+        ) if self.cfg["deep_supervision"] else nn.ModuleList()
+        init_weights(self)
+
+    # -- the three separable parts -------------------------------------------------------
+    def prepare_input(self, x: torch.Tensor, modality_mask: torch.Tensor | None) -> torch.Tensor:
+        if x.shape[1] != self.num_modalities:
+            raise ValueError(f"fine model expects {self.num_modalities} modality channels, got {x.shape[1]}")
+        if modality_mask is None:
+            modality_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        m = modality_mask.to(device=x.device, dtype=x.dtype)[:, :, None, None, None]
+        x = x * m
+        if self.cfg["mask_channels"]:
+            x = torch.cat([x, m.expand_as(x)], 1)
+        return x
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Features from full resolution to the bottleneck."""
+        feats = [self.stem(x)]
+        for stage in self.encoder:
+            feats.append(stage(feats[-1]))
+        return feats
+
+    def fuse(self, feats: list[torch.Tensor], modality_mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """Hook for multi-encoder fusion / feature substitution; identity for the shared-encoder model."""
+        return [*feats[:-1], self.context(feats[-1])]
+
+    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        skips = list(feats)
+        y = skips.pop()
+        decoded: list[torch.Tensor] = []
+        for trans, dec in zip(self.trans, self.dec, strict=True):
+            skip = skips.pop()
+            y = dec(upsample_to(trans(y), skip) + skip)
+            decoded.append(y)
+        out = self.head(y)
+        if self.training and len(self.ds_heads):
+            return [out] + [head(decoded[-2 - i]) for i, head in enumerate(self.ds_heads)]
+        return out
+
+    def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:
+        return self.decode(self.fuse(self.encode(self.prepare_input(x, modality_mask)), modality_mask))
+
+
+def build_model(cfg: dict[str, Any]) -> nn.Module:
+    """The single constructor used by training, export and inference."""
+    if cfg.get("method", "plain") != "plain":  # missing-modality methods (fine_seg/missing/)
+        from fine_seg.missing import build_model as build_missing
+
+        return build_missing(cfg)
+    return EfficientSegNet({k: v for k, v in cfg.items() if k != "method"})

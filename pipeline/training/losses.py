@@ -1,0 +1,88 @@
+"""Segmentation losses: soft Dice + cross-entropy (default) or Dice + focal, masked for missing labels.
+
+Targets are integer label maps; voxels equal to IGNORE and whole samples without labels
+(`has_label` False) contribute nothing. Deep supervision: a list of logits [full, ½, ¼, ...]
+is scored against nearest-downsampled targets with weights 1, ½, ¼, ... (normalised).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = 255
+
+
+def _one_hot(target: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    valid = target != IGNORE
+    onehot = F.one_hot(torch.where(valid, target, 0).long(), num_classes).movedim(-1, 1)
+    return onehot.to(torch.float32), valid.unsqueeze(1)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, include_background: bool = False,
+                   smooth: float = 1e-5, batch_dice: bool = False) -> torch.Tensor:
+    """1 − mean soft Dice over classes (per sample unless `batch_dice`); absent-and-not-predicted → Dice 1."""
+    k = logits.shape[1]
+    probs = torch.softmax(logits.float(), 1)
+    onehot, valid = _one_hot(target, k)
+    probs = probs * valid
+    dims = (0, 2, 3, 4) if batch_dice else (2, 3, 4)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + smooth) / (denom + smooth)
+    if not include_background:
+        dice = dice[..., 1:]
+    return 1 - dice.mean()
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    ce = F.cross_entropy(logits.float(), target.long(), ignore_index=IGNORE, reduction="sum")
+    return ce / (target != IGNORE).sum().clamp(min=1)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Multi-class focal loss, mean over valid voxels (CSSN's variant was a scaled BCE on sigmoid channels)."""
+    logp = torch.log_softmax(logits.float(), 1)
+    valid = target != IGNORE
+    t = torch.where(valid, target, 0).long().unsqueeze(1)
+    logp_t = logp.gather(1, t).squeeze(1)
+    loss = -((1 - logp_t.exp()) ** gamma) * logp_t
+    return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice_ce") -> torch.Tensor:
+    dice = soft_dice_loss(logits, target)
+    if kind == "dice_ce":
+        return dice + cross_entropy(logits, target)
+    if kind == "dice_focal":
+        return dice + focal_loss(logits, target)
+    raise ValueError(f"unknown loss {kind!r} (dice_ce, dice_focal)")
+
+
+def downsample_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(target.shape[-3:]) == tuple(size):
+        return target
+    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")[:, 0].to(target.dtype)
+
+
+def ds_weights(n: int) -> list[float]:
+    w = [0.5**i for i in range(n)]
+    return [x / sum(w) for x in w]
+
+
+def supervised_loss(outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor,
+                    has_label: torch.Tensor | None = None, kind: str = "dice_ce") -> torch.Tensor:
+    """Loss over the samples that have labels; zero (still attached to the graph) if none do."""
+    outs = outputs if isinstance(outputs, list) else [outputs]
+    if has_label is not None:
+        if not bool(has_label.any()):
+            return sum(o.sum() for o in outs) * 0.0
+        if not bool(has_label.all()):
+            outs = [o[has_label] for o in outs]
+            target = target[has_label]
+    total = outs[0].new_zeros((), dtype=torch.float32)
+    for w, out in zip(ds_weights(len(outs)), outs, strict=True):
+        total = total + w * seg_loss(out, downsample_target(target, out.shape[2:]), kind)
+    return total

@@ -1,0 +1,185 @@
+"""Missing-modality methods, end to end on tiny volumes: the multi-encoder network (mean
+substitution, per-sample independence, export round trip), each method's training step, and
+the trainer running every method (LCKD elections, PASSION β, HGA groups) with resume state."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fine_seg.missing import build_method
+from pipeline.config import SegpipeConfig
+from pipeline.tasks import get_task
+
+TINY = {"in_channels": 4, "num_classes": 4, "channels": [4, 8, 8], "blocks": 1, "decoder_blocks": 1,
+        "context_reduction": 2, "deep_supervision": True}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster, and much faster on a shared, loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _net(method: str, **kw):
+    from fine_seg import build_model
+
+    torch.manual_seed(0)
+    return build_model({**TINY, "method": method, "specific_encoders": method == "shaspec", **kw})
+
+
+def _batch(b: int = 2, size: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 4, size, size, size, generator=g)
+    target = torch.randint(0, 4, (b, size, size, size), generator=g)
+    return x, target
+
+
+@pytest.mark.parametrize("method", ["shaspec", "lckd"])
+def test_missing_channels_are_ignored_and_samples_are_independent(method: str) -> None:
+    net = _net(method).eval()
+    x, _ = _batch(3)
+    mask = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    out = net(x, mask)
+    x2 = x.clone()
+    x2[0, 1] = 50.0  # garbage in a missing channel
+    assert torch.allclose(net(x2, mask), out, atol=1e-5)
+    # a sample's prediction does not depend on the other samples' masks (PASSION batches them)
+    assert torch.allclose(net(x[1:2], mask[1:2]), out[1:2], atol=1e-5)
+    with pytest.raises(ValueError, match="at least one"):
+        net(x[:1], torch.zeros(1, 4, dtype=torch.bool))
+
+
+def test_method_weights_rebuild_through_fine_seg_build_model() -> None:
+    from fine_seg import build_model
+
+    net = _net("shaspec", specific_channels=[2, 4, 4])
+    again = build_model({**TINY, "method": "shaspec", "specific_encoders": True, "specific_channels": [2, 4, 4]})
+    again.load_state_dict(net.state_dict(), strict=True)
+    plain = build_model({**TINY, "method": "plain"})
+    assert type(plain).__name__ == "EfficientSegNet"
+
+
+def _forward(net):
+    return lambda x, m: net(x, m, aux=True)
+
+
+@pytest.mark.parametrize("method", ["shaspec", "lckd", "passion", "hga"])
+def test_each_method_step_backpropagates(method: str) -> None:
+    settings = SegpipeConfig().fine.missing.model_copy(update={"warmup_fraction": 0.0})
+    hooks = build_method(method, settings, num_classes=4)
+    net = _net(method).train()
+    x, target = _batch(3)
+    avail = torch.tensor([[1, 0, 1, 1], [0, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    res = hooks.step(_forward(net), x, avail, target, global_step=5, total_steps=10, epoch=0, step=5)
+    assert torch.isfinite(res.loss) and float(res.loss.detach()) >= float(res.sup.detach()) - 1e-6
+    res.loss.backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > 0.8 * len(grads)
+    expected = {"shaspec": {"align", "cls"}, "lckd": {"kd"}, "passion": {"sep", "kl", "proto"},
+                "hga": {"sep", "kl", "proto"}}[method]
+    assert set(res.parts) == expected
+    if method in ("passion", "hga"):
+        assert res.parts["kl"] > 0 and hooks.seen.tolist() == [2, 2, 2, 2]
+        assert all(d for i, d in enumerate(hooks.epoch_dist) if i in (0, 2, 3))  # students of case 0 and 2
+
+
+def test_passion_single_modality_cases_have_no_students() -> None:
+    hooks = build_method("passion", SegpipeConfig().fine.missing, num_classes=4)
+    net = _net("passion").train()
+    x, target = _batch(2)
+    calls = []
+
+    def fwd(xx, mm):
+        calls.append(xx.shape[0])
+        return net(xx, mm, aux=True)
+
+    res = hooks.step(fwd, x, torch.tensor([[1, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.bool), target,
+                     global_step=0, total_steps=1, epoch=0, step=0)
+    assert calls == [2] and res.parts["kl"] == 0.0
+    calls.clear()
+    hooks.step(fwd, x, torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.bool), target,
+               global_step=0, total_steps=1, epoch=0, step=0)
+    assert calls == [4]  # one batched forward: 2 teachers + 2 students of case 0
+
+
+def _source(n_train: int = 6, n_val: int = 2, size: int = 10):
+    from fine_seg.missing.subsets import imbalanced_masks
+    from pipeline.training.data import MemorySample, MemorySource
+
+    rng = np.random.default_rng(0)
+    ids = [f"c{i}" for i in range(n_train + n_val)]
+    masks = imbalanced_masks(ids[:n_train], {"flair": 0.5, "t2": 0.5}, seed=0)
+    samples = {}
+    for i, cid in enumerate(ids):
+        label = np.zeros((size,) * 3, np.uint8)
+        c = 2 + i % 4
+        label[c:c + 4, c:c + 4, c:c + 4] = 2
+        label[c + 1:c + 3, c + 1:c + 3, c + 1:c + 3] = 3
+        label[c + 2, c + 2, c + 2] = 1
+        image = rng.normal(0, 0.1, (4, size, size, size)).astype(np.float32) + (label > 0)[None] * np.array(
+            [1.0, 0.3, 0.0, 0.8], np.float32)[:, None, None, None] + (label == 3)[None] * np.array(
+            [0, 0, 1.5, 0], np.float32)[:, None, None, None]
+        m = masks.get(cid, np.ones(4, bool))
+        samples[cid] = MemorySample(image * m[:, None, None, None], label, m)
+    return MemorySource(samples, {"train": ids[:n_train], "val": ids[n_train:]})
+
+
+@pytest.mark.parametrize("method", ["lckd", "hga"])  # the hooks' extremes: elections; plan + Reptile + β
+def test_trainer_runs_each_method_and_keeps_its_state(method: str, tmp_path) -> None:
+    from fine_seg.train import stage_spec
+    from pipeline.training.export import export_stage, load_stage
+    from pipeline.training.trainer import train_stage
+
+    cfg = SegpipeConfig.model_validate({
+        "task": {"name": "brats"}, "prepare": {"fine_size": [10, 10, 10]},
+        "fine": {"method": method, "model": {"channels": [4, 8, 8], "blocks": 1, "deep_supervision": True},
+                 "train": {"epochs": 2, "iters_per_epoch": 8 if method == "hga" else 2, "batch_size": 2},
+                 "missing": {"elect_every": 1, "warmup_fraction": 0.25}},
+        "train": {"augment": {"enabled": False}, "num_threads": 1, "warmup_epochs": 0},
+    })
+    spec = stage_spec(cfg, get_task("brats"))
+    assert spec.method is not None and spec.model_config["method"] == method
+    summary = train_stage(spec, _source(), cfg.train, tmp_path / "train" / "fine")
+    assert summary["epoch"] == 2
+    metrics = json.loads((tmp_path / "train" / "fine" / "summary.json").read_text())["metrics"]
+    assert "method" in metrics[-1]
+    state = json.loads(next((tmp_path / "train" / "fine" / "checkpoints").glob("epoch_0002/state.json")).read_text())
+    assert state["method"] == spec.method.state_dict()
+    if method == "lckd":
+        assert "teachers" in metrics[-1]["method"]
+    if method in ("passion", "hga"):
+        assert np.linalg.norm(state["method"]["beta"]) == pytest.approx(2.0)
+    if method == "hga":
+        assert sum(v > 0 for v in spec.method.visits) >= 10
+    w, _ = export_stage(tmp_path, "fine", tmp_path / "weights")
+    model, info = load_stage(w)
+    assert type(model).__name__ == "MultiEncoderNet" and info["model"]["method"] == method
+
+
+def test_method_config_errors() -> None:
+    from fine_seg.train import stage_spec
+    from pipeline.errors import ConfigError
+
+    cfg = SegpipeConfig.model_validate({"fine": {"method": "shaspec"}})
+    with pytest.raises(ConfigError, match="multi-modal"):
+        stage_spec(cfg, get_task("flare"))
+    cfg = SegpipeConfig.model_validate({"task": {"name": "brats"}, "fine": {"method": "lckd"},
+                                        "train": {"cps": {"enabled": True}}})
+    with pytest.raises(ConfigError, match="cps"):
+        stage_spec(cfg, get_task("brats"))
+
+
+def test_shaspec_keeps_every_parameter_in_the_graph() -> None:
+    """DDP (find_unused_parameters=False) fails if a specific encoder sits out a step."""
+    net = _net("shaspec").train()
+    x, _ = _batch(2)
+    out = net(x, torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool), aux=True)
+    (sum(lg.sum() for lg in out["logits"]) + out["modality_logits"].sum()).backward()
+    assert all(p.grad is not None for p in net.parameters())

@@ -1,0 +1,64 @@
+"""`segpipe train coarse|fine --work WORK` on a prepared (tiny) FLARE-like folder, then resume and export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+TINY = ["--set", "train.num_threads=1", "--set", "train.val_every=2"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    from prepare_fixtures import write_flare
+
+    root = tmp_path_factory.mktemp("train_cli")
+    write_flare(root / "data", labeled=4, unlabeled=2)
+    rc = main(["prepare", "--data", str(root / "data"), "--work", str(root / "work"),
+               "--set", "prepare.coarse_size=[16,24,24]", "--set", "prepare.fine_size=[16,24,24]",
+               "--set", "prepare.folds=2"])
+    assert rc == 0
+    return root / "work"
+
+
+def test_train_coarse_with_cps_uif_then_resume(work: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SEGPIPE_PROGRESS", "0")
+    args = ["train", "coarse", "--work", str(work), "--set", "coarse.model.channels=[4,8,16]",
+            "--set", "train.cps.enabled=true", "--set", "train.uif.enabled=true", "--set", "train.uif.refresh_every=1",
+            *TINY]
+    assert main([*args, "--set", "coarse.train.epochs=2"]) == 0
+    out = work / "train" / "coarse"
+    info = json.loads((out / "model_config.json").read_text())
+    assert info["model"]["num_classes"] == 14 and info["sample_size"] == [16, 24, 24]
+    assert json.loads((out / "uif" / "ranking.json").read_text())["total"] == 2
+    assert main([*args, "--set", "coarse.train.epochs=3", "--resume"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epoch"] == 3 and [m["epoch"] for m in summary["metrics"]] == [1, 2, 3]
+    # a different model config cannot resume from these checkpoints
+    assert main([*args, "--set", "coarse.train.epochs=4", "--set", "coarse.model.channels=[4,8,32]", "--resume"]) == 2
+
+
+def test_train_fine_with_roi_jitter_and_export(work: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SEGPIPE_PROGRESS", "0")
+    rc = main(["train", "fine", "--work", str(work), "--set", "fine.model.channels=[4,8,16]",
+               "--set", "fine.train.epochs=2", "--set", "fine.roi_jitter_mm=40", "--set", "fine.roi_jitter_p=1.0",
+               "--export", str(tmp_path / "w"), "--fp16", *TINY])
+    assert rc == 0
+    import torch
+
+    from pipeline.training.export import load_stage
+
+    model, info = load_stage(tmp_path / "w" / "fine.safetensors")
+    assert info["dtype"] == "float16" and info["modalities"] == ["ct"] and info["task"] == "flare"
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, *info["sample_size"])).shape == (1, 14, *info["sample_size"])
+
+
+def test_bad_override_is_one_line_error(work: Path, capsys) -> None:
+    assert main(["train", "fine", "--work", str(work), "--set", "train.optimizer=adam"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train.optimizer" in err and "\n" not in err

@@ -1,0 +1,118 @@
+"""Cross pseudo supervision and uncertainty-based unlabeled filtering."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.training import uif
+from pipeline.training.cps import cps_loss, cps_weight, pseudo_labels
+
+
+def _certain_logits(label: torch.Tensor, k: int, scale: float = 100.0) -> torch.Tensor:
+    return F.one_hot(label.long(), k).movedim(-1, 1).float() * scale
+
+
+def test_pseudo_labels_keep_background_and_every_class() -> None:
+    k = 14
+    label = torch.arange(k).repeat_interleave(10)[torch.randperm(140, generator=torch.Generator().manual_seed(0))]
+    label = label.reshape(1, 5, 4, 7)
+    logits = _certain_logits(label, k, scale=3.0) + torch.randn(1, k, 5, 4, 7) * 0.1
+    pl = pseudo_labels(logits)
+    assert torch.equal(pl.long(), label)  # no shift: class c stays c, liver (1) and background (0) included
+    assert set(pl.unique().tolist()) == set(range(k))
+    assert not pl.requires_grad
+
+
+def test_cps_loss_is_zero_when_networks_agree_with_certainty() -> None:
+    k = 4
+    label = torch.randint(0, k, (2, 6, 6, 6), generator=torch.Generator().manual_seed(1))
+    a = _certain_logits(label, k).requires_grad_()
+    b = _certain_logits(label, k).requires_grad_()
+    assert float(cps_loss(a, b).detach()) < 1e-4
+    other = torch.roll(label, 1, dims=1)
+    loss = cps_loss(a, _certain_logits(other, k).requires_grad_())
+    assert float(loss) > 1.0
+    loss.backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+
+
+def test_cps_weight_ramps_up() -> None:
+    assert cps_weight(0, 1.0, 10) == pytest.approx(np.exp(-5))
+    assert cps_weight(5, 2.0, 10) == pytest.approx(2 * np.exp(-5 * 0.25))
+    assert cps_weight(10, 1.0, 10) == cps_weight(50, 1.0, 10) == 1.0
+    assert cps_weight(0, 0.5, 0) == 0.5
+
+
+def test_foreground_dice_reference_and_empty_rule() -> None:
+    a = np.array([0, 1, 1, 2, 2, 2])
+    b = np.array([0, 1, 0, 2, 2, 0])
+    # class 1: 2·1/(2+1); class 2: 2·2/(3+2)
+    assert uif.foreground_dice(a, b, 3) == pytest.approx(np.mean([2 / 3, 4 / 5]))
+    assert uif.foreground_dice(np.zeros(5), np.zeros(5), 3) == 0.0  # nothing found is no pseudo-label
+
+
+class SmoothThresholdNet(torch.nn.Module):
+    """A fixed 'network': local mean over a k³ window, then class by threshold. Two window sizes
+    behave like two differently initialised networks: they agree on clean piecewise-constant
+    scans (except at borders) and disagree on noise, which each smooths differently."""
+
+    def __init__(self, k: int, t: float = 0.75) -> None:
+        super().__init__()
+        self.k, self.t = k, t
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        v = F.avg_pool3d(x[:, :1], self.k, stride=1, padding=self.k // 2, count_include_pad=False)
+        return torch.cat([torch.zeros_like(v), 8 * (v - self.t), 8 * (-v - self.t)], 1)
+
+
+def test_corrupted_unlabeled_scan_ranks_last(tmp_path) -> None:
+    from test_train_common import make_case
+
+    from pipeline.training.amp import AmpPolicy
+    from pipeline.training.data import MemorySource
+    from pipeline.training.distributed import DistContext
+    from pipeline.training.trainer import StageSpec, uif_refresh
+
+    samples = {f"u{i:02d}": make_case(i, labeled=False) for i in range(7)}
+    samples["u03"] = make_case(99, labeled=False, corrupt=True)  # pure noise, in the middle by id
+    source = MemorySource(samples, {"unlabeled": sorted(samples)})
+    nets = [SmoothThresholdNet(3), SmoothThresholdNet(5)]
+    spec = StageSpec("coarse", {}, None, 3, "coarse")
+
+    from pipeline.config import TrainSection
+
+    cfg = TrainSection.model_validate({"uif": {"enabled": True, "refresh_every": 1, "start_epoch": 2, "keep": 4}})
+    state = {"uif": {"pool": None, "history": {}, "last_refresh": None}}
+    policy = AmpPolicy("cpu", None, None)
+    pool1 = uif_refresh(1, nets, source, sorted(samples), spec, cfg, DistContext(), policy, state, tmp_path)
+    assert pool1 == sorted(samples)  # before start_epoch: scored, all kept
+    nets[1].t = 0.7  # the second checkpoint moves a little
+    pool2 = uif_refresh(2, nets, source, sorted(samples), spec, cfg, DistContext(), policy, state, tmp_path)
+    ranking = json.loads((tmp_path / "uif" / "ranking.json").read_text())
+    assert ranking["applied"] and ranking["kept"] == 4 and ranking["total"] == 7
+    rows = ranking["ranking"]
+    assert rows[-1]["case_id"] == "u03", [(r["case_id"], round(r["score"], 3)) for r in rows]
+    assert rows[-1]["disagreement"] > max(r["disagreement"] for r in rows[:-1]) + 0.1
+    assert all(r["instability"] is not None for r in rows)  # one refresh of history
+    assert "u03" not in pool2 and len(pool2) == 4
+    assert pool2 == sorted(r["case_id"] for r in rows if r["selected"])
+    # snapshots are bounded: only the two latest refreshes stay on disk
+    uif_refresh(3, nets, source, sorted(samples), spec, cfg, DistContext(), policy, state, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "uif" / "pseudo_labels").iterdir()) == ["e0002", "e0003"]
+    assert state["uif"]["history"]["u00"][1] == 2
+
+
+def test_rank_combines_disagreement_and_instability() -> None:
+    scores = {"a": {"disagreement": 0.1}, "b": {"disagreement": 0.2}, "c": {"disagreement": 0.15}}
+    hist = {"a": [1.8, 2], "b": [0.0, 2], "c": [0.2, 2]}  # a is unstable across checkpoints
+    rows = uif.rank_scans(scores, hist, alpha=0.5)
+    assert [r["case_id"] for r in rows] == ["b", "c", "a"]
+    assert rows[2]["score"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.9)
+    assert uif.select_count(2000, 200, 0.5) == 200
+    assert uif.select_count(2000, None, 0.1) == 200
+    assert uif.select_count(3, None, 0.01) == 1 and uif.select_count(0, None, 0.5) == 0
