@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pipeline.errors import SegpipeError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: the process umask, restored immediately
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -50,6 +52,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(final.suffixes) or ".tmp"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}", dir=final.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from other users (containers!)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -1,0 +1,240 @@
+"""One case through the two stages: read → canonical → normalise → coarse → ROI → fine →
+logits to the ROI grid (on the compute device) → argmax → postprocess → paste → write.
+
+Preprocessing is the training code itself: `data_prepare.validate.load_case` (validation,
+modality-grid agreement, canonical reorientation), `data_prepare.process.normalise` (CT window
++ z-score in the body mask / MRI z-score in the brain mask, at full resolution) and
+`pipeline.preprocess.resample_linear` for the coarse and fine grids, with the parameters stored
+in the weights' manifest — so inference cannot drift from what the networks were trained on.
+
+Memory/speed: only the normalised full-resolution image, the small coarse/fine tensors and one
+z-chunk of upsampled logits exist at a time. Logits are resampled separably (z first at the
+fine in-plane size, then bilinear in-plane per chunk of slices, which is exactly trilinear),
+argmax'd on the device, and only a uint8 label map leaves it (nnU-Net's per-class CPU
+resampling of full-size logits is its known bottleneck, MIC-DKFZ/nnUNet#2540).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline import preprocess as pp
+from pipeline.errors import CaseError
+from pipeline.inference.modes import InferenceCase
+from pipeline.inference.postprocess import TASK_DEFAULTS, PostprocessPlan, postprocess
+from pipeline.inference.roi import roi_from_coarse
+from pipeline.inference.sliding_window import predict_grid
+from pipeline.log import get_logger
+from pipeline.weights import LoadedWeights
+
+log = get_logger("predict")
+
+
+@dataclass
+class Options:
+    overlap: float = 0.5
+    mirror_axes: tuple[int, ...] = ()  # TTA off by default
+    window: str = "auto"  # auto | whole | sliding (fine stage)
+    coarse_min_volume_mm3: float = 1000.0
+    z_window_mm: float | None = 240.0
+    roi_margin_mm: float | None = None  # None → the margin the fine samples were prepared with
+    amp: str = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
+    label_convention: str = "2023"  # BraTS output labels: 2023 (1,2,3) or legacy (1,2,4)
+    postprocess: dict[str, Any] | None = None  # None → the manifest's, else the task default
+    chunk_floats: int = 1 << 24  # upsampled logits held at once (64 MB in fp32)
+
+
+@dataclass
+class CaseResult:
+    labels: np.ndarray  # canonical (z, y, x) uint8, output label convention
+    reorientation: Any  # pipeline.image_io.Reorientation
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
+    if device.type != "cuda" or mode == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()) else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _divisor(model_cfg: dict[str, Any]) -> tuple[int, int, int]:
+    strides = model_cfg.get("strides") or [2] * (len(model_cfg["channels"]) - 1)
+    out = [1, 1, 1]
+    for s in strides:
+        s3 = [s] * 3 if isinstance(s, int) else list(s)
+        out = [out[a] * int(s3[a]) for a in range(3)]
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lower/upper source index and upper weight of each output voxel (torch's align_corners=False)."""
+    pos = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(0, n_in - 1)
+    i0 = pos.floor().long()
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    return i0.to(device), i1.to(device), (pos - i0).float().to(device)
+
+
+class Predictor:
+    """Loaded weights + options; `predict(case)` → CaseResult. Reused across the cases of a run."""
+
+    def __init__(self, weights: LoadedWeights, device: torch.device, options: Options) -> None:
+        from pipeline.config import PrepareSection
+        from pipeline.tasks import get_task
+
+        self.weights = weights
+        self.device = device
+        self.opts = options
+        self.task = get_task(weights.task)
+        self.prep = PrepareSection.model_validate(weights.preprocessing)
+        pp_cfg = options.postprocess if options.postprocess is not None else \
+            weights.manifest.get("postprocess", TASK_DEFAULTS.get(self.task.name))
+        self.post = PostprocessPlan.from_dict(pp_cfg)
+        if device.type == "cpu":
+            from pipeline.inference.cpu_conv import use_onednn
+
+            for sw in weights.stages.values():
+                use_onednn(sw.model)
+        if self.task.name == "brats" and options.label_convention not in ("2023", "legacy"):
+            raise ValueError(f"unknown label convention {options.label_convention!r}")
+
+    # stages -------------------------------------------------------------------------------
+    def _net(self, stage: str, x: np.ndarray, mask: np.ndarray, patch: Sequence[int]) -> torch.Tensor:
+        sw = self.weights.stages[stage]
+        xt = torch.from_numpy(x)[None].to(self.device)
+        mt = torch.from_numpy(mask)[None].to(self.device)
+
+        def forward(t: torch.Tensor) -> torch.Tensor:
+            with _autocast(self.device, self.opts.amp):
+                return sw.model(t, mt)
+
+        window = self.opts.window if stage == "fine" else "auto"
+        return predict_grid(forward, xt, int(sw.info["model"]["num_classes"]), patch,
+                            divisor=_divisor(sw.info["model"]), overlap=self.opts.overlap,
+                            mirror_axes=self.opts.mirror_axes, window=window)
+
+    def _patch(self, stage: str, grid: Sequence[int]) -> list[int]:
+        patch = self.weights.stages[stage].info.get("patch_size")
+        return [int(v) for v in (patch or grid)]
+
+    def coarse(self, image: np.ndarray, mask: np.ndarray, shape: tuple[int, int, int],
+               spacing: tuple[float, float, float]) -> tuple[np.ndarray, tuple[int, int, int]]:
+        from data_prepare.process import coarse_grid
+
+        grid = coarse_grid(shape, spacing, self.prep)
+        x = pp.resample_linear(image, grid)
+        logits = self._net("coarse", x, mask, self._patch("coarse", grid))
+        return logits.argmax(0).to(torch.uint8).cpu().numpy(), grid
+
+    def fine_grid(self, box: pp.IntBox, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> list[int]:
+        from data_prepare.process import fine_grid
+
+        return [int(v) for v in fine_grid(box, shape, spacing, self.prep)["size"]]
+
+    def upsample_argmax(self, logits: torch.Tensor, out_shape: Sequence[int]) -> np.ndarray:
+        """argmax of the trilinearly (align_corners=False) upsampled logits on `out_shape`, uint8 on the CPU.
+
+        Separable and chunked over output slices: lerp along z, then y at the fine x size (both
+        small), then x, classes last so that the argmax runs over contiguous memory; peak memory
+        is one chunk of K × slices × Y × X floats. Exact shortcut: where the 8 fine-grid nodes
+        around a voxel share one argmax c, every convex combination keeps c on top, so chunks
+        whose cells all agree take their labels by lookup without interpolating.
+        """
+        k, fz, fy, fx = logits.shape
+        dev = logits.device
+        (z0, z1, wz), (y0, y1, wy), (x0, x1, wx) = (
+            _linear_taps(n_in, int(n_out), dev) for n_in, n_out in zip((fz, fy, fx), out_shape, strict=True))
+        low = logits.argmax(0)
+        padded = F.pad(low[None, None].float(), (0, 1, 0, 1, 0, 1), mode="replicate")
+        uniform = (F.max_pool3d(padded, 2, 1) == -F.max_pool3d(-padded, 2, 1))[0, 0]  # cell (i..i+1)³ agrees
+        low = low.to(torch.uint8)
+        oz, oy, ox = (int(v) for v in out_shape)
+        out = torch.empty((oz, oy, ox), dtype=torch.uint8, device=dev)
+        planes = logits.permute(1, 2, 3, 0).float()  # [fz, fy, fx, K]
+        wy_, wx_ = wy[None, :, None, None], wx[None, None, :, None]
+        step = max(1, self.opts.chunk_floats // max(1, k * oy * ox))
+        for a in range(0, oz, step):
+            zs = slice(a, min(oz, a + step))
+            cells = uniform[z0[zs]][:, y0][:, :, x0]
+            if bool(cells.all()):
+                out[zs] = low[z0[zs]][:, y0][:, :, x0]
+                continue
+            v = torch.lerp(planes[z0[zs]], planes[z1[zs]], wz[zs, None, None, None])  # [c, fy, fx, K]
+            v = torch.lerp(v[:, y0], v[:, y1], wy_)  # [c, oy, fx, K]
+            v = torch.lerp(v[:, :, x0], v[:, :, x1], wx_)  # [c, oy, ox, K]
+            out[zs] = v.argmax(-1).to(torch.uint8)
+        return out.cpu().numpy()
+
+    # the case ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, case: InferenceCase) -> CaseResult:
+        from data_prepare.layouts import CaseSource
+        from data_prepare.process import normalise
+        from data_prepare.validate import load_case
+
+        times: dict[str, float] = {}
+        t = time.perf_counter()
+        missing = [m for m in case.present if m not in self.task.modalities]
+        if missing:
+            raise CaseError(case.case_id, f"modalities {missing} are not inputs of the {self.weights.path.name} weights "
+                                          f"({', '.join(self.task.modalities)})")
+        images = {m: case.images.get(m) for m in self.task.modalities}
+        source = CaseSource(case.case_id, images, None, "test", {}, "none", "predict")
+        loaded = load_case(source, self.prep.geometry_tolerance)
+        reo = loaded.reorientation
+        shape, spacing = loaded.shape, loaded.spacing_zyx
+        image, body_box, _ = normalise(loaded, self.task, self.prep)
+        loaded.channels = {}
+        mask = np.array([images[m] is not None for m in self.task.modalities], dtype=bool)
+        times["read"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        coarse_labels, cgrid = self.coarse(image, mask, shape, spacing)
+        margin = self.opts.roi_margin_mm
+        if margin is None:
+            margin = self.weights.stages["fine"].info.get("roi_margin_mm") or self.prep.fine_margin_mm
+        roi = roi_from_coarse(coarse_labels, shape, spacing, margin_mm=float(margin),
+                              min_volume_mm3=self.opts.coarse_min_volume_mm3, z_window_mm=self.opts.z_window_mm)
+        box = roi.box
+        if box is None:
+            log.warning("case %s: the coarse stage found nothing; the fine stage runs on the %s box", case.case_id,
+                        "body" if self.task.image_kind == "ct" else "brain")
+            box = pp.expand_box_mm(body_box, 0.0, spacing, shape)
+        times["coarse"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        fgrid = self.fine_grid(box, shape, spacing)
+        region = tuple((float(lo), float(hi)) for lo, hi in box)
+        x = pp.resample_linear(image, fgrid, region)  # type: ignore[arg-type]
+        del image
+        logits = self._net("fine", x, mask, self._patch("fine", fgrid))
+        roi_shape = [box[a][1] - box[a][0] for a in range(3)]
+        roi_labels = self.upsample_argmax(logits, roi_shape)
+        del logits
+        times["fine"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        postprocess(roi_labels, self.post, spacing)
+        labels = np.zeros(shape, np.uint8)
+        labels[tuple(slice(lo, hi) for lo, hi in box)] = roi_labels
+        if self.task.name == "brats" and self.opts.label_convention == "legacy":
+            from pipeline.tasks import BRATS_2023_TO_LEGACY
+
+            lut = np.zeros(256, np.uint8)
+            for internal, raw in BRATS_2023_TO_LEGACY.items():
+                lut[internal] = raw
+            labels = lut[labels]
+        times["post"] = time.perf_counter() - t
+        info = {"coarse_grid": list(cgrid), "fine_grid": fgrid, "roi_box": [list(b) for b in box],
+                "roi_found": roi.found, "seconds": {k: round(v, 3) for k, v in times.items()},
+                "roi_fraction": round(math.prod(roi_shape) / math.prod(shape), 3)}
+        return CaseResult(labels, reo, info)

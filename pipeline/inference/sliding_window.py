@@ -1,0 +1,107 @@
+"""Network evaluation on a grid of any size: one pass when it fits the patch, else a
+Gaussian-weighted sliding window (nnU-Net: σ = patch/8, step = patch·(1 − overlap)); optional
+mirror test-time augmentation. Everything stays on the tensor's device.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@lru_cache(maxsize=8)
+def _gaussian_np(patch: tuple[int, int, int], sigma_scale: float) -> np.ndarray:
+    grids = []
+    for n in patch:
+        sigma = max(n * sigma_scale, 1e-3)
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2
+        grids.append(np.exp(-0.5 * (x / sigma) ** 2))
+    g = grids[0][:, None, None] * grids[1][None, :, None] * grids[2][None, None, :]
+    g /= g.max()
+    # no zero weights at the border: every voxel must get a defined average
+    return np.maximum(g, g[g > 0].min()).astype(np.float32)
+
+
+def gaussian_importance(patch: Sequence[int], device: torch.device, sigma_scale: float = 1 / 8) -> torch.Tensor:
+    return torch.from_numpy(_gaussian_np(tuple(int(p) for p in patch), float(sigma_scale))).to(device)
+
+
+def window_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Start offsets covering [0, size) with windows of `patch`, about `overlap` apart, ends flush."""
+    if size <= patch:
+        return [0]
+    step = max(1, int(patch * (1.0 - overlap)))
+    n = math.ceil((size - patch) / step) + 1
+    if n == 1:
+        return [0]
+    actual = (size - patch) / (n - 1)
+    return [round(i * actual) for i in range(n)]
+
+
+def pad_to(x: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad the last 3 axes (symmetrically) to at least `shape`; the slices undo it."""
+    pads, crop = [], []
+    for a in range(3):
+        n = x.shape[-3 + a]
+        total = max(0, int(shape[a]) - n)
+        lo = total // 2
+        pads.append((lo, total - lo))
+        crop.append(slice(lo, lo + n))
+    if any(p != (0, 0) for p in pads):
+        flat = [v for p in reversed(pads) for v in p]
+        x = F.pad(x, flat)
+    return x, tuple(crop)
+
+
+def _mirrored(forward: Forward, x: torch.Tensor, mirror_axes: Sequence[int]) -> torch.Tensor:
+    """Mean logits over every subset of flips of `mirror_axes` (spatial axes 0=z, 1=y, 2=x)."""
+    out = forward(x).float()
+    if not mirror_axes:
+        return out
+    count = 1
+    dims = [2 + int(a) for a in mirror_axes]
+    for r in range(1, len(dims) + 1):
+        for combo in itertools.combinations(dims, r):
+            out += torch.flip(forward(torch.flip(x, combo)).float(), combo)
+            count += 1
+    return out / count
+
+
+def predict_grid(forward: Forward, x: torch.Tensor, num_classes: int, patch: Sequence[int], *,
+                 divisor: Sequence[int] = (16, 16, 16), overlap: float = 0.5,
+                 mirror_axes: Sequence[int] = (), window: str = "auto") -> torch.Tensor:
+    """Logits [K, Z, Y, X] (float32, on x's device) for x [1, C, Z, Y, X].
+
+    window "auto": one pass when the grid fits `patch` (padded up to a multiple of `divisor`),
+    else the Gaussian sliding window; "whole" forces one pass, "sliding" forces windows.
+    """
+    size = x.shape[-3:]
+    fits = all(int(size[a]) <= int(patch[a]) for a in range(3))
+    if window == "whole" or (window == "auto" and fits):
+        target = [math.ceil(int(size[a]) / int(divisor[a])) * int(divisor[a]) for a in range(3)]
+        xp, crop = pad_to(x, target)
+        return _mirrored(forward, xp, mirror_axes)[0][(slice(None), *crop)]
+    if window not in ("auto", "sliding"):
+        raise ValueError(f"unknown window mode {window!r} (auto, whole, sliding)")
+    patch = [int(p) for p in patch]
+    xp, crop = pad_to(x, patch)
+    full = xp.shape[-3:]
+    weight = gaussian_importance(patch, x.device)
+    logits = torch.zeros((num_classes, *full), dtype=torch.float32, device=x.device)
+    norm = torch.zeros(tuple(full), dtype=torch.float32, device=x.device)
+    starts = [window_starts(int(full[a]), patch[a], overlap) for a in range(3)]
+    for z, y, xx in itertools.product(*starts):
+        sl = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(xx, xx + patch[2]))
+        out = _mirrored(forward, xp[(slice(None), slice(None), *sl)], mirror_axes)[0]
+        logits[(slice(None), *sl)] += out * weight
+        norm[sl] += weight
+    logits /= norm
+    return logits[(slice(None), *crop)]
