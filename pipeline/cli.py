@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "train": "train the coarse localiser or the fine segmenter from a prepared work folder",
     "predict": "coarse → ROI → fine inference, postprocessing, output in the input geometry",
     "evaluate": "the organisers' metrics (FLARE DSC/NSD, BraTS Dice/HD95) and efficiency",
+    "run": "the stage graph (prepare → train → predict → evaluate → package), local or in containers",
     "demo": "the whole pipeline on embedded synthetic data",
     "package": "build the submission image with weights baked in",
     "submit": "check a prediction folder against the challenge contract and archive it",
