@@ -488,17 +488,10 @@ def _mean(values: list[Any]) -> float | None:
 
 
 def _docker_client(image: str) -> Any:
-    import docker
+    from pipeline.docker_engine import connect, require_image
 
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except Exception as exc:
-        raise SegpipeError(f"no Docker engine answers ({' '.join(str(exc).split())[:200]}); set DOCKER_HOST or use --local") from None
-    try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound:
-        raise SegpipeError(f"image {image}: not found on the engine (docker load < team.tar.gz first)") from None
+    client = connect(hint="set DOCKER_HOST or use --local")
+    require_image(client, image, "docker load < team.tar.gz first")
     return client
 
 

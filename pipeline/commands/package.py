@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_image:
         return 0
 
-    import docker
-
+    from pipeline.docker_engine import connect, require_image
     from pipeline.runners import default_user
     from pipeline.submission.contract import check_predictions
     from pipeline.submission.image import build_image, save_image, smoke_run, team_name
@@ -61,15 +60,8 @@ def run(args: argparse.Namespace) -> int:
     base = args.base or os.environ.get("SEGPIPE_IMAGE", "segpipe:dev")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as exc:
-        raise SegpipeError(f"no Docker engine answers ({' '.join(str(exc).split())[:200]})") from None
-    try:
-        client.images.get(base)
-    except docker.errors.ImageNotFound:
-        raise SegpipeError(f"base image {base} not found (build the project image first: docker build -t {base} .)") from None
+    client = connect(timeout=600)
+    require_image(client, base, f"build the project image first: docker build -t {base} .")
     image_id = build_image(client, base, weights.resolve(), tag, args.task)
     print(f"package: built {tag} ({image_id[:19]}) from {base} with weights {weights}")
     if not args.no_smoke:

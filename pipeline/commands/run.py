@@ -68,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from pipeline.errors import SegpipeError
     from pipeline.runners import DockerOptions, docker_runner, local_runner, sigterm_as_interrupt
     from pipeline.stages import StageFailed, build_graph, describe, run_graph
 
@@ -81,13 +80,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     sigterm_as_interrupt()
     if args.backend == "docker":
-        import docker
+        from pipeline.docker_engine import connect
 
-        try:
-            client = docker.from_env(timeout=120)
-            client.ping()
-        except Exception as exc:
-            raise SegpipeError(f"no Docker engine answers ({' '.join(str(exc).split())[:200]})") from None
+        client = connect()
         opts = DockerOptions(image=args.image or os.environ.get("SEGPIPE_IMAGE", "segpipe:dev"), user=args.user,
                              gpus=args.gpus, shm_size=args.shm_size)
         runner = docker_runner(client, opts)
