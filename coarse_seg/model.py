@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.nn import ResBlock, init_weights, upsample_to
+from pipeline.nn import ResBlock, init_weights, merged_config, upsample_to
 
 DEFAULTS: dict[str, Any] = {
     "in_channels": 1,
@@ -27,11 +27,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def default_model_config(**overrides: Any) -> dict[str, Any]:
-    cfg = {**DEFAULTS, **overrides}
-    unknown = set(cfg) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"coarse model: unknown keys {sorted(unknown)}")
-    return cfg
+    return merged_config(DEFAULTS, overrides, "coarse")
 
 
 class CoarseUNet(nn.Module):

@@ -14,7 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.nn import AnisoBlock, ConvNormAct, ResBlock, StripPoolContext, init_weights, upsample_to
+from pipeline.nn import (
+    AnisoBlock,
+    ConvNormAct,
+    ResBlock,
+    StripPoolContext,
+    init_weights,
+    merged_config,
+    upsample_to,
+)
 
 DEFAULTS: dict[str, Any] = {
     "in_channels": 1,  # N modalities
@@ -34,11 +42,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 def default_model_config(**overrides: Any) -> dict[str, Any]:
-    cfg = {**DEFAULTS, **overrides}
-    unknown = set(cfg) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"fine model: unknown keys {sorted(unknown)}")
-    return cfg
+    return merged_config(DEFAULTS, overrides, "fine")
 
 
 class EfficientSegNet(nn.Module):

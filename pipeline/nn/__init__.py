@@ -7,6 +7,7 @@ from pipeline.nn.blocks import (
     StripPoolContext,
     count_parameters,
     init_weights,
+    merged_config,
     upsample_to,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "StripPoolContext",
     "count_parameters",
     "init_weights",
+    "merged_config",
     "upsample_to",
 ]

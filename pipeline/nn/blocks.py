@@ -8,6 +8,7 @@ on a 1×1×1 (or 1-voxel-thick) pooled tensor has one value per channel and brea
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +152,14 @@ def init_weights(module: nn.Module, negative_slope: float = 0.01) -> None:
             nn.init.kaiming_normal_(m.weight, a=negative_slope)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def merged_config(defaults: dict[str, Any], overrides: dict[str, Any], model: str) -> dict[str, Any]:
+    """`defaults` updated by `overrides`; an unknown key is an error, never silently ignored."""
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise ValueError(f"{model} model: unknown keys {sorted(unknown)}")
+    return {**defaults, **overrides}
 
 
 def count_parameters(module: nn.Module) -> int:
