@@ -283,19 +283,20 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"config {path}: no such file (known: {', '.join(sorted(c.stem for c in CONFIG_DIR.glob('*.yaml')))})")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SegpipeConfig:
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        resolved = resolve_config_path(path)
-        source = str(resolved)
-        try:
-            loaded = yaml.safe_load(resolved.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{resolved}: invalid YAML ({' '.join(str(exc).split())})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{resolved}: top level must be a mapping")
-        data = loaded
+def read_config_file(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The raw mapping of a config file (or task name) and where it came from, unvalidated."""
+    resolved = resolve_config_path(path)
+    try:
+        loaded = yaml.safe_load(resolved.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{resolved}: invalid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{resolved}: top level must be a mapping")
+    return loaded, str(resolved)
+
+
+def validate_config(data: dict[str, Any], source: str, overrides: list[str] | None = None) -> SegpipeConfig:
+    """Apply `--set` overrides to `data` and validate it; problems become one ConfigError line."""
     for text in overrides or []:
         _set_dotted(data, *parse_override(text))
     try:
@@ -303,6 +304,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SegpipeConfig:
+    data, source = read_config_file(path) if path is not None else ({}, "defaults")
+    return validate_config(data, source, overrides)
 
 
 def dump_config(config: SegpipeConfig) -> str:

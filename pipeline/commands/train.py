@@ -27,18 +27,13 @@ def resolve_config(store: Any, path: str | None, overrides: list[str]) -> Any:
     """--config (default: configs/<task>.yaml of the work folder's task), with the `prepare:`
     section replaced by the one `prepare` used for WORK (sample sizes must match the samples),
     then --set overrides; validated once."""
-    import yaml
-
-    from pipeline.config import CONFIG_DIR, SegpipeConfig, _set_dotted, parse_override, resolve_config_path
+    from pipeline.config import CONFIG_DIR, read_config_file, validate_config
     from pipeline.errors import ConfigError
 
     task = getattr(store, "task", None)
     if path is None and task is not None and (CONFIG_DIR / f"{task.name}.yaml").is_file():
         path = task.name
-    source = str(resolve_config_path(path)) if path is not None else "defaults"
-    data: dict[str, Any] = (yaml.safe_load(resolve_config_path(path).read_text()) or {}) if path is not None else {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: top level must be a mapping")
+    data, source = read_config_file(path) if path is not None else ({}, "defaults")
     if task is not None:
         named = (data.get("task") or {}).get("name", task.name)
         if named != task.name:
@@ -47,14 +42,7 @@ def resolve_config(store: Any, path: str | None, overrides: list[str]) -> Any:
         prepared = getattr(store, "config", None)
         if prepared is not None:
             data["prepare"] = prepared.model_dump(mode="json") if hasattr(prepared, "model_dump") else dict(prepared)
-    for text in overrides:
-        _set_dotted(data, *parse_override(text))
-    try:
-        return SegpipeConfig.model_validate(data)
-    except Exception as exc:  # pydantic ValidationError → one line
-        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()) \
-            if hasattr(exc, "errors") else str(exc)
-        raise ConfigError(f"{source}: {problems}") from None
+    return validate_config(data, source, overrides)
 
 
 def describe(spec: Any) -> list[str]:
