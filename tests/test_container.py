@@ -57,7 +57,20 @@ def test_predict_sh_is_posix_sh_and_leaves_the_gpu_choice_to_the_organisers():
             subprocess.run([shell, "-n", str(script)], check=True, timeout=10)
     code = "\n".join(line for line in script.read_text().splitlines() if not line.lstrip().startswith("#"))
     assert "CUDA_VISIBLE_DEVICES" not in code
-    assert re.search(r"segpipe predict -i /workspace/inputs -o /workspace/outputs", code)
+    assert 'predict -i "${SEGPIPE_INPUTS:-/workspace/inputs}" -o "${SEGPIPE_OUTPUTS:-/workspace/outputs}"' in code
+
+
+def test_predict_sh_runs_outside_the_image_with_the_local_folders(tmp_path):
+    """`evaluate efficiency --local predict.sh` passes the folders as SEGPIPE_INPUTS/OUTPUTS."""
+    (tmp_path / "inputs").mkdir()
+    fake = tmp_path / "bin" / "segpipe"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "SEGPIPE_INPUTS": str(tmp_path / "inputs"),
+           "SEGPIPE_OUTPUTS": str(tmp_path / "outputs")}
+    out = subprocess.run(["sh", str(ROOT / "predict.sh")], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["predict", "-i", str(tmp_path / "inputs"), "-o", str(tmp_path / "outputs")]
 
 
 def _compose(name: str) -> dict:
