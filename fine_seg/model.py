@@ -106,6 +106,11 @@ class EfficientSegNet(nn.Module):
         return [*feats[:-1], self.context(feats[-1])]
 
     def decode(self, feats: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        return self.decode_with_features(feats)[0]
+
+    def decode_with_features(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+        """Logits (a list with deep supervision while training) and the full-resolution decoder
+        features, which the missing-modality methods' prototype losses need."""
         skips = list(feats)
         y = skips.pop()
         decoded: list[torch.Tensor] = []
@@ -115,8 +120,8 @@ class EfficientSegNet(nn.Module):
             decoded.append(y)
         out = self.head(y)
         if self.training and len(self.ds_heads):
-            return [out] + [head(decoded[-2 - i]) for i, head in enumerate(self.ds_heads)]
-        return out
+            return [out] + [head(decoded[-2 - i]) for i, head in enumerate(self.ds_heads)], y
+        return out, y
 
     def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:
         return self.decode(self.fuse(self.encode(self.prepare_input(x, modality_mask)), modality_mask))

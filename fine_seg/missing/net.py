@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fine_seg.model import EfficientSegNet, default_model_config
-from pipeline.nn import ConvNormAct, ResBlock, init_weights, upsample_to
+from pipeline.nn import ConvNormAct, ResBlock, init_weights
 
 EXTRA_DEFAULTS: dict[str, Any] = {
     "method": "shaspec",
@@ -115,20 +115,6 @@ class MultiEncoderNet(nn.Module):
             out = out + 0.0 * sum(p.sum() for p in unused)
         return out
 
-    def _decode(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
-        bb = self.backbone
-        skips = list(feats)
-        y = skips.pop()
-        decoded: list[torch.Tensor] = []
-        for trans, dec in zip(bb.trans, bb.dec, strict=True):
-            skip = skips.pop()
-            y = dec(upsample_to(trans(y), skip) + skip)
-            decoded.append(y)
-        out = bb.head(y)
-        if self.training and len(bb.ds_heads):
-            return [out] + [head(decoded[-2 - i]) for i, head in enumerate(bb.ds_heads)], y
-        return out, y
-
     def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None, aux: bool = False) -> Any:
         """aux=False: logits (a deep-supervision list in training mode). aux=True: dict with
         `logits`, `features` (full-resolution decoder features), `shared` (bottleneck shared
@@ -161,7 +147,7 @@ class MultiEncoderNet(nn.Module):
             g = f if (self.has_specific and lvl == len(levels) - 1) else substitute_missing(f, mask)
             fused.append(merge(g.flatten(1, 2)))
         fused[-1] = self.backbone.context(fused[-1])
-        logits, features = self._decode(fused)
+        logits, features = self.backbone.decode_with_features(fused)
         if not aux:
             return logits
         result.update(logits=logits, features=features)
