@@ -41,3 +41,14 @@ def segpipe_image(docker_client) -> str:
     except docker.errors.ImageNotFound:
         pytest.fail(f"SEGPIPE_TEST_IMAGE={tag}: no such image on the engine", pytrace=False)
     return tag
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one thread is faster, and much faster on a shared, loaded machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

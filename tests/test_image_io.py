@@ -8,6 +8,7 @@ import gzip
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from prepare_fixtures import rotation
 
 from pipeline.errors import ImageError
 from pipeline.image_io import (
@@ -19,15 +20,6 @@ from pipeline.image_io import (
     to_canonical,
     write_image,
 )
-
-
-def rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
 
 PERM_FLIP = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], dtype=float)  # permuted + flipped axes
 DIRECTIONS = {

@@ -18,13 +18,7 @@ TINY = {"in_channels": 4, "num_classes": 4, "channels": [4, 8, 8], "blocks": 1, 
         "context_reduction": 2, "deep_supervision": True}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and much faster on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _net(method: str, **kw):

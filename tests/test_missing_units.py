@@ -31,13 +31,7 @@ from pipeline.config import MissingSection
 RATES = {"flair": 0.6, "t1": 0.2, "t1ce": 0.4, "t2": 0.8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and much faster on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_fifteen_subsets_and_parsing() -> None:
