@@ -157,6 +157,42 @@ def test_trainer_runs_each_method_and_keeps_its_state(method: str, tmp_path) -> 
     assert type(model).__name__ == "MultiEncoderNet" and info["model"]["method"] == method
 
 
+def test_hga_resume_mid_cycle_is_bit_exact(tmp_path) -> None:
+    """A checkpoint every 8 steps cuts HGA's 15-step Reptile cycles: the resumed run must
+    interpolate towards the anchor saved with the checkpoint, not the weights at the resume."""
+    from safetensors.torch import load_file
+
+    from fine_seg.train import stage_spec
+    from pipeline.training.trainer import train_stage
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(event: str, info: dict) -> None:
+        if event == "epoch_end" and info["epoch"] == 1:
+            raise Stop
+
+    def run(out, resume: bool = False, callbacks=()) -> dict:
+        cfg = SegpipeConfig.model_validate({
+            "task": {"name": "brats"}, "prepare": {"fine_size": [10, 10, 10]},
+            "fine": {"method": "hga", "model": {"channels": [4, 8, 8], "blocks": 1, "deep_supervision": True},
+                     "train": {"epochs": 3, "iters_per_epoch": 8, "batch_size": 2},
+                     "missing": {"reptile_eps": [0.1, 1.0]}},
+            "train": {"augment": {"enabled": False}, "num_threads": 1, "warmup_epochs": 0, "val_every": 10,
+                      "deterministic": True},
+        })
+        train_stage(stage_spec(cfg, get_task("brats")), _source(), cfg.train, out, resume=resume, callbacks=callbacks)
+        return load_file(str(out / "checkpoints" / "epoch_0003" / "model.safetensors"))
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(Stop):
+        run(tmp_path / "b", callbacks=[stop_after_first_epoch])
+    assert (tmp_path / "b" / "checkpoints" / "epoch_0001" / "method.safetensors").exists()
+    resumed = run(tmp_path / "b", resume=True)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
 def test_method_config_errors() -> None:
     from fine_seg.train import stage_spec
     from pipeline.errors import ConfigError

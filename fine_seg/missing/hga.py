@@ -101,8 +101,17 @@ class HGA(Passion):
         self.anchor = {k: v.detach().clone() for k, v in params.items()}
 
     def start(self, net: torch.nn.Module) -> None:
-        """φ̃ at the start of a cycle: the weights before its first step."""
-        self._snapshot(dict(net.named_parameters()))
+        """φ̃ at the start of a cycle: the weights before its first step (after a resume, the
+        anchor saved with the checkpoint, so that a cycle cut by the checkpoint ends as planned)."""
+        if self.anchor is None:
+            self._snapshot(dict(net.named_parameters()))
+
+    def tensor_state(self) -> dict[str, torch.Tensor]:
+        return {f"anchor.{k}": v for k, v in (self.anchor or {}).items()}
+
+    def load_tensor_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        anchor = {k.removeprefix("anchor."): v for k, v in tensors.items() if k.startswith("anchor.")}
+        self.anchor = anchor or None
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "visits": list(self.visits)}

@@ -4,7 +4,9 @@ The trainer calls, per step, `step(forward, x, available, target, ...)` instead 
 supervised loss (`forward(x, mask)` is the (DDP-wrapped) network called with `aux=True`, once
 per step so DDP sees one forward); after the optimiser step `after_step(net, ...)`; per epoch
 `epoch_items(...)` (a custom sampling plan, or None for the default one) and `epoch_end(...)`.
-`state_dict()` is JSON-serialisable and goes into the trainer's checkpoint state.
+`state_dict()` is JSON-serialisable and goes into the trainer's checkpoint state; tensors a
+method must keep across a resume go through `tensor_state()` / `load_tensor_state()`
+(checkpoints/epoch_NNNN/method.safetensors).
 """
 
 from __future__ import annotations
@@ -79,4 +81,10 @@ class MissingMethod:
         return {}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        return None
+
+    def tensor_state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_tensor_state(self, tensors: dict[str, torch.Tensor]) -> None:
         return None

@@ -1,7 +1,8 @@
 """Checkpoints that survive a kill at any moment and never unpickle.
 
 Layout under a stage's output folder:
-  checkpoints/epoch_NNNN/{model.safetensors, train_state.pt, state.json}  (a directory written
+  checkpoints/epoch_NNNN/{model.safetensors, train_state.pt, state.json[, method.safetensors]}
+  (method.safetensors: a training method's own tensors, e.g. HGA's Reptile anchor; a directory written
   under a temporary name and renamed when complete), checkpoints/last.json (atomic pointer);
   best.safetensors + best.json (the best network on validation Dice, written atomically).
 `train_state.pt` holds only tensors and plain containers (optimizer, GradScaler, RNG states)
@@ -37,7 +38,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(out_dir: Path, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler | None, state: dict[str, Any], keep: int = 2) -> Path:
+                    scaler: torch.amp.GradScaler | None, state: dict[str, Any], keep: int = 2,
+                    method_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"epoch_{epoch:04d}"
@@ -46,6 +48,8 @@ def save_checkpoint(out_dir: Path, epoch: int, model: nn.Module, optimizer: torc
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(_tensors(model), str(tmp / "model.safetensors"), metadata={"epoch": str(epoch)})
+    if method_tensors:
+        save_file({k: v.detach().cpu().contiguous() for k, v in method_tensors.items()}, str(tmp / "method.safetensors"))
     rng: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -90,6 +94,12 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if "cuda" in extra["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in extra["rng"]["cuda"]])
     return json.loads((path / "state.json").read_text())
+
+
+def load_method_tensors(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """The training method's tensors saved with checkpoint `path` ({} when it saved none)."""
+    f = Path(path) / "method.safetensors"
+    return load_file(str(f), device=str(device)) if f.exists() else {}
 
 
 def save_best(out_dir: Path, net: nn.Module, meta: dict[str, Any]) -> Path:

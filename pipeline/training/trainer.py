@@ -26,7 +26,13 @@ from pipeline.fsutil import atomic_write_text
 from pipeline.log import get_logger, progress
 from pipeline.training import uif as uif_mod
 from pipeline.training.amp import AmpPolicy, amp_policy
-from pipeline.training.checkpoint import latest_checkpoint, load_checkpoint, save_best, save_checkpoint
+from pipeline.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_method_tensors,
+    save_best,
+    save_checkpoint,
+)
 from pipeline.training.cps import cps_loss, cps_weight, main_output
 from pipeline.training.data import PatchDataset, SampleLike, SampleSource, derive_seed, epoch_plan, rank_slice
 from pipeline.training.distributed import DistContext, gather_objects, shard, unwrap, wrap_ddp
@@ -204,6 +210,7 @@ def train_stage(spec: StageSpec, source: SampleSource, cfg: Any, out_dir: str | 
     state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best_dice": None, "best_epoch": None,
                              "best_net": None, "uif": {"pool": None, "history": {}, "last_refresh": None},
                              "metrics": [], "model_config": spec.model_config}
+    ckpt: Path | None = None
     if resume:
         ckpt = latest_checkpoint(out_dir)
         if ckpt is None:
@@ -232,6 +239,8 @@ def train_stage(spec: StageSpec, source: SampleSource, cfg: Any, out_dir: str | 
     method = spec.method
     if method is not None:
         method.load_state_dict(state.get("method"))
+        if resume and ckpt is not None:
+            method.load_tensor_state(load_method_tensors(ckpt, ctx.device))
         method.start(nets[0])
 
     world, b, ub = ctx.world_size, st.batch_size, st.unlabeled_batch_size if use_cps else 0
@@ -340,7 +349,8 @@ def train_stage(spec: StageSpec, source: SampleSource, cfg: Any, out_dir: str | 
         state["metrics"].append(metrics)
         state["epoch"] = epoch + 1
         if ctx.is_main:
-            save_checkpoint(out_dir, epoch + 1, pair, optimizer, policy.scaler, state, keep=cfg.keep_checkpoints)
+            save_checkpoint(out_dir, epoch + 1, pair, optimizer, policy.scaler, state, keep=cfg.keep_checkpoints,
+                            method_tensors=method.tensor_state() if method is not None else None)
             _log_epoch(spec, st, metrics, state, use_cps, len(pool) if use_cps else 0, len(unl_ids))
             assert writer is not None
             scalars = {f"train/{k}": v for k, v in means.items()} | {"train/lr": lr, "train/cps_weight": w_cps,
