@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -37,14 +38,20 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--test", type=int, default=4, help="held-out labeled cases")
     ap.add_argument("--coarse-size", default="32,64,64")
     ap.add_argument("--fine-size", default="32,64,64")
+    ap.add_argument("--fine-patch", default=None,
+                    help="fine training patch (nnU-Net style; inference on the whole sample). Default: the whole "
+                         "sample; 64,80,80 samples (≈ the native grid) with 32,64,64 patches scored 0.644 vs 0.661 "
+                         "at 600 steps")
     ap.add_argument("--channels", default="8,16,32,64")
-    ap.add_argument("--coarse-steps", type=int, default=240)
-    ap.add_argument("--fine-steps", type=int, default=240)
+    ap.add_argument("--coarse-steps", type=int, default=600)
+    ap.add_argument("--fine-steps", type=int, default=600)
     ap.add_argument("--steps-per-epoch", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
                     help="cuda: the same benchmark on a GPU (AMP auto), with more steps in the same time")
     ap.add_argument("--variants", default="labeled,cps,cps_uif")
+    ap.add_argument("--coarse-weights", default=None,
+                    help="reuse this coarse.safetensors (same --coarse-size and data seed) instead of training one")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny sizes and steps: checks the script runs")
     args = ap.parse_args()
@@ -65,9 +72,11 @@ def overrides(args: argparse.Namespace, stage: str, variant: str) -> list[str]:
          f"train.seed={args.seed}", "train.val_every=2", "train.keep_checkpoints=1"]
     if stage == "fine":
         o += ["fine.model.blocks=1", "fine.roi_jitter_mm=0"]
+        if args.fine_patch:
+            o += [f"fine.train.patch_size=[{args.fine_patch}]"]
     o += [f"train.cps.enabled={str(variant != 'labeled').lower()}", f"train.uif.enabled={str(variant == 'cps_uif').lower()}"]
     if variant in ("cps", "cps_uif"):
-        o += [f"train.cps.rampup_epochs={max(1, epochs // 4)}"]
+        o += [f"train.cps.rampup_epochs={max(1, epochs // 2)}"]  # early pseudo-labels are noise: a slow ramp
     if variant == "cps_uif":
         every = max(1, epochs // 5)
         o += ["train.uif.enabled=true", f"train.uif.refresh_every={every}", f"train.uif.start_epoch={2 * every}",
@@ -91,20 +100,28 @@ def largest_component_per_label(pred, num_classes: int):
     return out
 
 
-def dice_present(pred, gt, num_classes: int) -> float:
+def organ_dice(pred, gt, num_classes: int) -> dict[int, float]:
+    """Dice per organ present in the ground truth."""
     import numpy as np
 
-    scores = []
+    scores = {}
     for c in range(1, num_classes):
         g = gt == c
         if not g.any():
             continue
         p = pred == c
-        scores.append(2 * np.logical_and(p, g).sum() / (p.sum() + g.sum()))
+        scores[c] = float(2 * np.logical_and(p, g).sum() / (p.sum() + g.sum()))
+    return scores
+
+
+def dice_present(pred, gt, num_classes: int) -> float:
+    import numpy as np
+
+    scores = list(organ_dice(pred, gt, num_classes).values())
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def evaluate(store, coarse_path: Path, fine_path: Path) -> dict[str, float]:
+def evaluate(store, coarse_path: Path, fine_path: Path) -> dict[str, Any]:
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -116,6 +133,7 @@ def evaluate(store, coarse_path: Path, fine_path: Path) -> dict[str, float]:
     k = int(cinfo["num_classes"])
     fine_size = tuple(finfo["sample_size"])
     res: dict[str, list[float]] = {"coarse": [], "fine_gt_roi": [], "chain": []}
+    per_organ: dict[int, list[float]] = {}
 
     def predict(net, image: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.array(image, dtype=np.float32))[None]
@@ -153,8 +171,13 @@ def evaluate(store, coarse_path: Path, fine_path: Path) -> dict[str, float]:
             logits = F.interpolate(logits, size=crop.shape[2:], mode="trilinear", align_corners=False)
             pred_full[sl] = logits[0].argmax(0).numpy().astype(np.uint8)
             pred_full = largest_component_per_label(pred_full, k)
-        res["chain"].append(dice_present(pred_full, np.asarray(stored.label), k))
-    return {key: float(np.nanmean(v)) for key, v in res.items()}
+        organs = organ_dice(pred_full, np.asarray(stored.label), k)
+        res["chain"].append(float(np.mean(list(organs.values()))) if organs else float("nan"))
+        for c, d in organs.items():
+            per_organ.setdefault(c, []).append(d)
+    out: dict[str, Any] = {key: float(np.nanmean(v)) for key, v in res.items()}
+    out["chain_per_organ"] = {int(c): float(np.mean(v)) for c, v in sorted(per_organ.items())}
+    return out
 
 
 def main() -> int:
@@ -205,7 +228,11 @@ def main() -> int:
         w, _ = export_stage(run_dir, stage, out / "weights" / variant)
         return w
 
-    coarse_w = train("coarse", "labeled")
+    if args.coarse_weights:
+        coarse_w = Path(args.coarse_weights).resolve()
+        timings["coarse/labeled"] = 0.0
+    else:
+        coarse_w = train("coarse", "labeled")
     rows = []
     for variant in args.variants.split(","):
         fine_w = train("fine", variant)
@@ -224,6 +251,10 @@ def main() -> int:
     for variant, s in rows:
         print(f"{names.get(variant, variant):<14}{s['coarse']:>8.3f}{s['fine_gt_roi']:>15.3f}{s['chain']:>13.3f}"
               f"{timings[f'fine/{variant}']:>14.0f}")
+    labels = store.task.labels
+    print("coarse→fine DSC per organ:")
+    for variant, s in rows:
+        print(f"  {names.get(variant, variant):<14}" + " ".join(f"{labels[c]} {d:.2f}" for c, d in s["chain_per_organ"].items()))
     print(f"# wall time {wall / 60:.1f} min (synth {timings['synth']:.0f} s, prepare {timings['prepare']:.0f} s, "
           f"coarse {timings['coarse/labeled']:.0f} s); load average at the end {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores")

@@ -57,6 +57,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # writers that replace the file (safetensors ≥ 0.5) create it 0600
         os.replace(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):

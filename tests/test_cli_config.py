@@ -104,3 +104,23 @@ def test_atomic_text_write_replaces_whole_file(tmp_path):
     atomic_write_text(target, "new")
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_atomic_outputs_are_readable_by_other_users(tmp_path):
+    """safetensors' save_file replaces its target with a 0600 file: exported weights must still
+    be readable by another uid (a container reading what the host wrote, and the reverse)."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.fsutil import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.safetensors") as tmp:
+            save_file({"a": torch.zeros(2)}, str(tmp))
+        atomic_write_text(tmp_path / "w.json", "{}")
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"w.safetensors": 0o644, "w.json": 0o644}

@@ -254,7 +254,8 @@ def train_stage(spec: StageSpec, source: SampleSource, cfg: Any, out_dir: str | 
         writer = ScalarWriter(out_dir / "tensorboard")
         log.info("%s: %d labeled / %d val / %d unlabeled cases, %d epochs × %d steps, batch %d+%d × %d process(es), "
                  "%s on %s, %s", spec.name, len(train_ids), len(val_ids), len(unl_ids), st.epochs, iters, b, ub,
-                 world, policy.name, ctx.device, "CPS" + ("+UIF" if use_uif else "") if use_cps else "supervised")
+                 world, policy.name, ctx.device, "CPS" + ("+UIF" if use_uif else "") if use_cps
+                 else f"supervised, method {method.name}" if method is not None else "supervised")
 
     for epoch in range(state["epoch"], st.epochs):
         t0 = time.time()
