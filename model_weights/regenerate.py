@@ -6,8 +6,10 @@
 synth (fixed seeds, mixed header orientations) → `segpipe prepare` → `segpipe train coarse` →
 `segpipe train fine` → fp16 safetensors + manifest in model_weights/<task>_demo/. The configs
 are model_weights/demo/<task>.yaml; training runs on the CPU with fixed seeds and 2 threads.
-BraTS trains both stages with random modality dropout (`modality_dropout_loader`) through the
-plain network's modality-mask input: the missing-modality methods of issue #6 are not built yet.
+The BraTS coarse localiser trains with random modality dropout (`modality_dropout_loader`)
+through the plain network's modality-mask input; the fine stage trains with `fine.method` of the
+config (ShaSpec, the best method by bench/missing_modality.py) or, with `method: plain`, the
+plain network with the same random modality dropout.
 """
 
 from __future__ import annotations
@@ -130,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             if len(task.modalities) > 1:  # the localiser must work on any modality subset too
                 spec.loader = modality_dropout_loader("coarse", 0.3)
                 spec.info["modality_dropout"] = 0.3
-        else:
+        elif cfg.fine.method == "plain":
             spec = plain_fine_spec(cfg, task)
+        else:  # a missing-modality method: its own dropout schedule, CSSN's ROI jitter
+            from fine_seg.train import stage_spec as fine_stage_spec
+
+            spec = fine_stage_spec(cfg, task, store)
         summary = train_stage(spec, store, cfg.train, stage_dir(prepared, stage), ctx=init_distributed("cpu"))
         log.info("%s: best validation Dice %s at epoch %s (%.0f s so far)", stage, summary["best_dice"],
                  summary["best_epoch"], time.perf_counter() - t0)
