@@ -3,7 +3,9 @@
 
 synth (train set: few labeled + more unlabeled; a separate held-out labeled set) → prepare →
 train coarse (supervised) → train fine three ways (labeled-only, CPS, CPS+UIF) with the same
-number of steps → held-out mean DSC, printed as one table with the wall time.
+number of steps → held-out mean DSC, printed as one table with the wall time. The variant
+`full` is the fully supervised upper bound: coarse and fine trained with the same steps on a
+training set of the same size in which every scan is labeled (labeled + unlabeled count).
 
 DSC is the mean over the organs present in each held-out case, then over cases, measured on
 the prepared grids (not the raw images: resampling back is the inference engine's job):
@@ -49,7 +51,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
                     help="cuda: the same benchmark on a GPU (AMP auto), with more steps in the same time")
-    ap.add_argument("--variants", default="labeled,cps,cps_uif")
+    ap.add_argument("--variants", default="labeled,cps,cps_uif,full")
     ap.add_argument("--coarse-weights", default=None,
                     help="reuse this coarse.safetensors (same --coarse-size and data seed) instead of training one")
     ap.add_argument("--seed", type=int, default=0)
@@ -74,7 +76,8 @@ def overrides(args: argparse.Namespace, stage: str, variant: str) -> list[str]:
         o += ["fine.model.blocks=1", "fine.roi_jitter_mm=0"]
         if args.fine_patch:
             o += [f"fine.train.patch_size=[{args.fine_patch}]"]
-    o += [f"train.cps.enabled={str(variant != 'labeled').lower()}", f"train.uif.enabled={str(variant == 'cps_uif').lower()}"]
+    o += [f"train.cps.enabled={str(variant in ('cps', 'cps_uif')).lower()}",
+          f"train.uif.enabled={str(variant == 'cps_uif').lower()}"]
     if variant in ("cps", "cps_uif"):
         o += [f"train.cps.rampup_epochs={max(1, epochs // 2)}"]  # early pseudo-labels are noise: a slow ramp
     if variant == "cps_uif":
@@ -206,16 +209,23 @@ def main() -> int:
                         size="small", force=True, workers=args.threads)
     write_flare_dataset(out / "data_test", cases=args.test, seed=args.seed + 1000, size="small", force=True,
                         workers=args.threads)
+    variants = args.variants.split(",")
+    datasets = ["train", "test"]
+    if "full" in variants:  # the same number of training scans, all labeled
+        write_flare_dataset(out / "data_full", cases=args.labeled + args.unlabeled, seed=args.seed + 1, size="small",
+                            force=True, workers=args.threads)
+        datasets.append("full")
     timings["synth"] = time.time() - t
     t = time.time()
-    for name in ("train", "test"):
+    for name in datasets:
         sets = [x for p in prep for x in ("--set", p)]
         if cli(["prepare", "--data", str(out / f"data_{name}"), "--work", str(out / f"work_{name}"), *sets]) != 0:
             raise SystemExit(f"prepare {name} failed")
     timings["prepare"] = time.time() - t
     store, test_store = SampleStore(out / "work_train"), SampleStore(out / "work_test")
+    full_store = SampleStore(out / "work_full") if "full" in variants else None
 
-    def train(stage: str, variant: str) -> Path:
+    def train(stage: str, variant: str, store: SampleStore = store) -> Path:
         from coarse_seg.train import stage_spec as coarse_spec
         from fine_seg.train import stage_spec as fine_spec
 
@@ -228,15 +238,17 @@ def main() -> int:
         w, _ = export_stage(run_dir, stage, out / "weights" / variant)
         return w
 
+    coarse_w = None
     if args.coarse_weights:
         coarse_w = Path(args.coarse_weights).resolve()
-        timings["coarse/labeled"] = 0.0
-    else:
+    elif any(v != "full" for v in variants):
         coarse_w = train("coarse", "labeled")
     rows = []
-    for variant in args.variants.split(","):
-        fine_w = train("fine", variant)
-        scores = evaluate(test_store, coarse_w, fine_w)
+    for variant in variants:
+        if variant == "full":
+            scores = evaluate(test_store, train("coarse", "full", full_store), train("fine", "full", full_store))
+        else:
+            scores = evaluate(test_store, coarse_w, train("fine", variant))
         rows.append((variant, scores))
         print(f"[{variant}] {scores}", flush=True)
     wall = time.time() - t_all
@@ -246,17 +258,18 @@ def main() -> int:
           f"{n_train} labeled train + {len(store.case_ids('val'))} val, {args.unlabeled} unlabeled; "
           f"coarse {args.coarse_size} ({args.coarse_steps} steps, supervised), fine {args.fine_size} "
           f"({args.fine_steps} steps), channels [{args.channels}], device {pick_device(args.device)}, {args.threads} threads")
-    print(f"{'fine variant':<14}{'coarse':>8}{'fine (GT ROI)':>15}{'coarse→fine':>13}{'fine train s':>14}")
-    names = {"labeled": "labeled-only", "cps": "CPS", "cps_uif": "CPS+UIF"}
+    print(f"{'fine variant':<16}{'coarse':>8}{'fine (GT ROI)':>15}{'coarse→fine':>13}{'fine train s':>14}")
+    n_full = len(full_store.case_ids("labeled")) if full_store else 0
+    names = {"labeled": "labeled-only", "cps": "CPS", "cps_uif": "CPS+UIF", "full": f"full ({n_full} lab.)"}
     for variant, s in rows:
-        print(f"{names.get(variant, variant):<14}{s['coarse']:>8.3f}{s['fine_gt_roi']:>15.3f}{s['chain']:>13.3f}"
+        print(f"{names.get(variant, variant):<16}{s['coarse']:>8.3f}{s['fine_gt_roi']:>15.3f}{s['chain']:>13.3f}"
               f"{timings[f'fine/{variant}']:>14.0f}")
     labels = store.task.labels
     print("coarse→fine DSC per organ:")
     for variant, s in rows:
-        print(f"  {names.get(variant, variant):<14}" + " ".join(f"{labels[c]} {d:.2f}" for c, d in s["chain_per_organ"].items()))
+        print(f"  {names.get(variant, variant):<16}" + " ".join(f"{labels[c]} {d:.2f}" for c, d in s["chain_per_organ"].items()))
     print(f"# wall time {wall / 60:.1f} min (synth {timings['synth']:.0f} s, prepare {timings['prepare']:.0f} s, "
-          f"coarse {timings['coarse/labeled']:.0f} s); load average at the end {os.getloadavg()[0]:.1f} "
+          f"coarse {timings.get('coarse/labeled', 0):.0f} s); load average at the end {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores")
     (out / "results.json").write_text(json.dumps({"rows": rows, "timings": timings, "args": vars(args)}, indent=1))
     return 0
