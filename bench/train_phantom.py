@@ -269,7 +269,7 @@ def main() -> int:
     for variant, s in rows:
         print(f"  {names.get(variant, variant):<16}" + " ".join(f"{labels[c]} {d:.2f}" for c, d in s["chain_per_organ"].items()))
     print(f"# wall time {wall / 60:.1f} min (synth {timings['synth']:.0f} s, prepare {timings['prepare']:.0f} s, "
-          f"coarse {timings.get('coarse/labeled', 0):.0f} s); load average at the end {os.getloadavg()[0]:.1f} "
+          f"coarse {sum(v for k, v in timings.items() if k.startswith('coarse/')):.0f} s); load average at the end {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} cores")
     (out / "results.json").write_text(json.dumps({"rows": rows, "timings": timings, "args": vars(args)}, indent=1))
     return 0
