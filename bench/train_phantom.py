@@ -53,7 +53,7 @@ def parse() -> argparse.Namespace:
                     help="cuda: the same benchmark on a GPU (AMP auto), with more steps in the same time")
     ap.add_argument("--variants", default="labeled,cps,cps_uif,full")
     ap.add_argument("--coarse-weights", default=None,
-                    help="reuse this coarse.safetensors (same --coarse-size and data seed) instead of training one")
+                    help="reuse this coarse.safetensors for every variant (same --coarse-size) instead of training one")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny sizes and steps: checks the script runs")
     args = ap.parse_args()
@@ -246,7 +246,8 @@ def main() -> int:
     rows = []
     for variant in variants:
         if variant == "full":
-            scores = evaluate(test_store, train("coarse", "full", full_store), train("fine", "full", full_store))
+            coarse_full = coarse_w if args.coarse_weights else train("coarse", "full", full_store)
+            scores = evaluate(test_store, coarse_full, train("fine", "full", full_store))
         else:
             scores = evaluate(test_store, coarse_w, train("fine", variant))
         rows.append((variant, scores))
