@@ -11,7 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.nn import ResBlock, init_weights, merged_config, upsample_to
+from pipeline.nn import (
+    ResBlock,
+    deep_supervision_heads,
+    encoder_stages,
+    init_weights,
+    merged_config,
+    resolve_strides,
+    upsample_to,
+    with_deep_supervision,
+)
 
 DEFAULTS: dict[str, Any] = {
     "in_channels": 1,
@@ -36,23 +45,16 @@ class CoarseUNet(nn.Module):
         self.cfg = default_model_config(**cfg)
         c = list(self.cfg["channels"])
         norm, act, drop = self.cfg["norm"], self.cfg["act"], float(self.cfg["dropout"])
-        strides = self.cfg["strides"] or [2] * (len(c) - 1)
-        if len(strides) != len(c) - 1:
-            raise ValueError(f"coarse model: {len(c) - 1} downsamplings need {len(c) - 1} strides, got {len(strides)}")
+        strides = resolve_strides(self.cfg["strides"], len(c), "coarse")
         kw = {"norm": norm, "act": act}
         self.stem = ResBlock(self.cfg["in_channels"], c[0], **kw)
-        self.down = nn.ModuleList()
-        for i in range(1, len(c)):
-            stage = [ResBlock(c[i - 1], c[i], strides[i - 1], dropout=drop, **kw)]
-            stage += [ResBlock(c[i], c[i], dropout=drop, **kw) for _ in range(int(self.cfg["blocks"]))]
-            self.down.append(nn.Sequential(*stage))
+        # `blocks` counts the residual blocks after each stage's strided one
+        self.down = encoder_stages(c, strides, int(self.cfg["blocks"]) + 1, dropout=drop, **kw)
         # decoder level i (from deep to shallow) merges c[i+1] (upsampled) with skip c[i]
         self.up = nn.ModuleList(ResBlock(c[i + 1] + c[i], c[i], **kw) for i in reversed(range(len(c) - 1)))
         k = int(self.cfg["num_classes"])
         self.head = nn.Conv3d(c[0], k, 1)
-        self.ds_heads = nn.ModuleList(
-            nn.Conv3d(c[i], k, 1) for i in range(1, len(c) - 1)
-        ) if self.cfg["deep_supervision"] else nn.ModuleList()
+        self.ds_heads = deep_supervision_heads(c, k, self.cfg["deep_supervision"])
         init_weights(self)
 
     def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:
@@ -69,8 +71,7 @@ class CoarseUNet(nn.Module):
             decoded.append(y)
         out = self.head(y)
         if self.training and len(self.ds_heads):
-            # decoded[-2] is level 1 (½ resolution), decoded[-3] level 2 (¼), ...
-            return [out] + [head(decoded[-2 - i]) for i, head in enumerate(self.ds_heads)]
+            return with_deep_supervision(out, decoded, self.ds_heads)
         return out
 
 

@@ -19,9 +19,13 @@ from pipeline.nn import (
     ConvNormAct,
     ResBlock,
     StripPoolContext,
+    deep_supervision_heads,
+    encoder_stages,
     init_weights,
     merged_config,
+    resolve_strides,
     upsample_to,
+    with_deep_supervision,
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -53,18 +57,12 @@ class EfficientSegNet(nn.Module):
         n = int(self.cfg["in_channels"])
         kw = {"norm": self.cfg["norm"], "act": self.cfg["act"]}
         drop = float(self.cfg["dropout"])
-        strides = self.cfg["strides"] or [2] * (len(c) - 1)
-        if len(strides) != len(c) - 1:
-            raise ValueError(f"fine model: {len(c) - 1} downsamplings need {len(c) - 1} strides, got {len(strides)}")
+        strides = resolve_strides(self.cfg["strides"], len(c), "fine")
         self.num_modalities = n
         cin = 2 * n if self.cfg["mask_channels"] else n
         blocks = max(1, int(self.cfg["blocks"]))
         self.stem = nn.Sequential(ConvNormAct(cin, c[0], 3, **kw), ResBlock(c[0], c[0], dropout=drop, **kw))
-        self.encoder = nn.ModuleList()
-        for i in range(1, len(c)):
-            stage = [ResBlock(c[i - 1], c[i], strides[i - 1], dropout=drop, **kw)]
-            stage += [ResBlock(c[i], c[i], dropout=drop, **kw) for _ in range(blocks - 1)]
-            self.encoder.append(nn.Sequential(*stage))
+        self.encoder = encoder_stages(c, strides, blocks, dropout=drop, **kw)
         self.context = (
             StripPoolContext(c[-1], reduction=int(self.cfg["context_reduction"]), **kw)
             if self.cfg["context"] else nn.Identity()
@@ -77,9 +75,7 @@ class EfficientSegNet(nn.Module):
         )
         k = int(self.cfg["num_classes"])
         self.head = nn.Conv3d(c[0], k, 1)
-        self.ds_heads = nn.ModuleList(
-            nn.Conv3d(c[i], k, 1) for i in range(1, len(c) - 1)
-        ) if self.cfg["deep_supervision"] else nn.ModuleList()
+        self.ds_heads = deep_supervision_heads(c, k, self.cfg["deep_supervision"])
         init_weights(self)
 
     # -- the three separable parts -------------------------------------------------------
@@ -120,7 +116,7 @@ class EfficientSegNet(nn.Module):
             decoded.append(y)
         out = self.head(y)
         if self.training and len(self.ds_heads):
-            return [out] + [head(decoded[-2 - i]) for i, head in enumerate(self.ds_heads)], y
+            return with_deep_supervision(out, decoded, self.ds_heads), y
         return out, y
 
     def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:

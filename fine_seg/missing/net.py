@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fine_seg.model import EfficientSegNet, default_model_config
-from pipeline.nn import ConvNormAct, ResBlock, init_weights
+from pipeline.nn import ConvNormAct, ResBlock, encoder_stages, init_weights, resolve_strides
 
 EXTRA_DEFAULTS: dict[str, Any] = {
     "method": "shaspec",
@@ -37,12 +37,8 @@ def split_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def make_encoder(cin: int, channels: list[int], strides: list[Any], blocks: int, kw: dict[str, Any]) -> nn.ModuleList:
-    stages = [nn.Sequential(ConvNormAct(cin, channels[0], 3, **kw), ResBlock(channels[0], channels[0], **kw))]
-    for i in range(1, len(channels)):
-        layers = [ResBlock(channels[i - 1], channels[i], strides[i - 1], **kw)]
-        layers += [ResBlock(channels[i], channels[i], **kw) for _ in range(blocks - 1)]
-        stages.append(nn.Sequential(*layers))
-    return nn.ModuleList(stages)
+    stem = nn.Sequential(ConvNormAct(cin, channels[0], 3, **kw), ResBlock(channels[0], channels[0], **kw))
+    return nn.ModuleList([stem, *encoder_stages(channels, strides, blocks, **kw)])
 
 
 def substitute_missing(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -71,7 +67,7 @@ class MultiEncoderNet(nn.Module):
             sc = [int(v) for v in (extra["specific_channels"] or c)]
             if len(sc) != len(c):
                 raise ValueError(f"fine model: specific_channels needs {len(c)} levels, got {len(sc)}")
-            strides = base["strides"] or [2] * (len(c) - 1)
+            strides = resolve_strides(base["strides"], len(c), "fine")
             self.specific = nn.ModuleList(make_encoder(1, sc, strides, max(1, int(base["blocks"])), kw) for _ in range(n))
             self.spec_proj = nn.ModuleList(nn.Conv3d(sc[-1], c[-1], 1) for _ in range(n))
             self.compose = ConvNormAct(2 * c[-1], c[-1], 3, **{**kw, "act": None})

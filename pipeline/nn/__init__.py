@@ -6,9 +6,13 @@ from pipeline.nn.blocks import (
     ResBlock,
     StripPoolContext,
     count_parameters,
+    deep_supervision_heads,
+    encoder_stages,
     init_weights,
     merged_config,
+    resolve_strides,
     upsample_to,
+    with_deep_supervision,
 )
 
 __all__ = [
@@ -17,7 +21,11 @@ __all__ = [
     "ResBlock",
     "StripPoolContext",
     "count_parameters",
+    "deep_supervision_heads",
+    "encoder_stages",
     "init_weights",
     "merged_config",
+    "resolve_strides",
     "upsample_to",
+    "with_deep_supervision",
 ]

@@ -145,6 +145,40 @@ class StripPoolContext(nn.Module):
         return x + self.out(fused)
 
 
+def resolve_strides(strides: list[Any] | None, levels: int, model: str) -> list[Any]:
+    """Per-downsampling strides of a network with `levels` resolution levels (None → 2 everywhere)."""
+    strides = list(strides) if strides else [2] * (levels - 1)
+    if len(strides) != levels - 1:
+        raise ValueError(f"{model} model: {levels - 1} downsamplings need {levels - 1} strides, got {len(strides)}")
+    return strides
+
+
+def encoder_stages(channels: list[int], strides: list[Any], blocks: int, *, dropout: float = 0.0,
+                   norm: str = "instance", act: str = "leaky_relu") -> nn.ModuleList:
+    """The downsampling stages of a residual encoder: stage i is a strided ResBlock
+    channels[i-1] → channels[i] followed by `blocks - 1` ResBlocks at channels[i]."""
+    kw = {"norm": norm, "act": act, "dropout": dropout}
+    stages = nn.ModuleList()
+    for i in range(1, len(channels)):
+        layers = [ResBlock(channels[i - 1], channels[i], strides[i - 1], **kw)]
+        layers += [ResBlock(channels[i], channels[i], **kw) for _ in range(blocks - 1)]
+        stages.append(nn.Sequential(*layers))
+    return stages
+
+
+def deep_supervision_heads(channels: list[int], num_classes: int, enabled: bool) -> nn.ModuleList:
+    """1×1×1 heads on decoder levels 1 … L-2 (½, ¼, … resolution); empty when disabled."""
+    if not enabled:
+        return nn.ModuleList()
+    return nn.ModuleList(nn.Conv3d(channels[i], num_classes, 1) for i in range(1, len(channels) - 1))
+
+
+def with_deep_supervision(out: torch.Tensor, decoded: list[torch.Tensor], heads: nn.ModuleList) -> list[torch.Tensor]:
+    """[full-resolution logits, level-1 logits, level-2 logits, …]; `decoded` runs deep → shallow,
+    so decoded[-2] is level 1 (½ resolution), decoded[-3] level 2 (¼), …"""
+    return [out] + [head(decoded[-2 - i]) for i, head in enumerate(heads)]
+
+
 def init_weights(module: nn.Module, negative_slope: float = 0.01) -> None:
     """Kaiming-normal convs, zero biases; norms at identity. Called once per network after building."""
     for m in module.modules():
