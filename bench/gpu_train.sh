@@ -77,19 +77,7 @@ def run(mode: str, nets: int, compile_: bool = False) -> dict:
         loss = sum(supervised_loss(o[:batch], y) for o in outs)
         if nets == 2:
             loss = loss + cps_loss(outs[0], outs[1])
-        if policy.scaler is not None:
-            policy.scaler.scale(loss).backward()
-            policy.scaler.unscale_(opt)
-        else:
-            loss.backward()
-        for m in models:
-            torch.nn.utils.clip_grad_norm_(m.parameters(), 12.0)
-        if policy.scaler is not None:
-            policy.scaler.step(opt)
-            policy.scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        policy.backward_step(loss, opt, models, grad_clip=12.0)
 
     for _ in range(warm):
         step()

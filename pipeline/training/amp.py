@@ -4,6 +4,7 @@ GPUs, fp32 on CPU (CPU autocast would only slow 3D convs down). No apex."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,25 @@ class AmpPolicy:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, nets: Iterable[torch.nn.Module],
+                      grad_clip: float = 0.0) -> None:
+        """Backward, per-network gradient clipping on unscaled gradients, optimiser step, zeroed
+        gradients: the one place that knows the GradScaler's scale → unscale → step → update order."""
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if grad_clip:
+            for net in nets:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def amp_policy(device: torch.device, mode: str = "auto") -> AmpPolicy:

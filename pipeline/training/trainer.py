@@ -304,20 +304,7 @@ def train_stage(spec: StageSpec, source: SampleSource, cfg: Any, out_dir: str | 
             if not torch.isfinite(loss):
                 raise SegpipeError(f"{spec.name}: non-finite loss at epoch {epoch + 1} step {step + 1} "
                                    f"(cases {', '.join(batch['case_id'])}); lower train lr or check the data")
-            if policy.scaler is not None:
-                policy.scaler.scale(loss).backward()
-                policy.scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if cfg.grad_clip:
-                for net in nets:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            if policy.scaler is not None:
-                policy.scaler.step(optimizer)
-                policy.scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            policy.backward_step(loss, optimizer, nets, cfg.grad_clip)
             if method is not None:
                 method.after_step(nets[0], state["global_step"], total_steps)
             state["global_step"] += 1
