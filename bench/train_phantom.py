@@ -87,34 +87,18 @@ def overrides(args: argparse.Namespace, stage: str, variant: str) -> list[str]:
     return o
 
 
-def largest_component_per_label(pred, num_classes: int):
-    import cc3d
-    import numpy as np
+def largest_component_per_label(pred):
+    """FLARE's postprocessing as `segpipe predict` applies it: the largest component per organ."""
+    from pipeline.inference.postprocess import TASK_DEFAULTS, PostprocessPlan, postprocess
 
-    out = np.zeros_like(pred)
-    for c in range(1, num_classes):
-        mask = pred == c
-        if not mask.any():
-            continue
-        cc = cc3d.connected_components(mask, connectivity=26)
-        counts = np.bincount(cc.ravel())
-        counts[0] = 0
-        out[cc == counts.argmax()] = c
-    return out
+    return postprocess(pred, PostprocessPlan.from_dict(TASK_DEFAULTS["flare"]), spacing=(1.0, 1.0, 1.0))
 
 
 def organ_dice(pred, gt, num_classes: int) -> dict[int, float]:
     """Dice per organ present in the ground truth."""
-    import numpy as np
+    from evaluation.surface import dice
 
-    scores = {}
-    for c in range(1, num_classes):
-        g = gt == c
-        if not g.any():
-            continue
-        p = pred == c
-        scores[c] = float(2 * np.logical_and(p, g).sum() / (p.sum() + g.sum()))
-    return scores
+    return {c: dice(gt == c, pred == c) for c in range(1, num_classes) if (gt == c).any()}
 
 
 def dice_present(pred, gt, num_classes: int) -> float:
@@ -152,7 +136,7 @@ def evaluate(store, coarse_path: Path, fine_path: Path) -> dict[str, Any]:
         # chain: coarse ROI → crop of the stored fine grid → fine → paste back
         stored = store.load_stored(cid, "fine")
         rec = stored.record
-        cpred = largest_component_per_label(cpred, k)
+        cpred = largest_component_per_label(cpred)
         fg = np.argwhere(cpred > 0)
         pred_full = np.zeros(stored.label.shape, np.uint8)
         if len(fg):
@@ -173,7 +157,7 @@ def evaluate(store, coarse_path: Path, fine_path: Path) -> dict[str, Any]:
                 logits = fine(x, torch.ones(1, 1, dtype=torch.bool))
             logits = F.interpolate(logits, size=crop.shape[2:], mode="trilinear", align_corners=False)
             pred_full[sl] = logits[0].argmax(0).numpy().astype(np.uint8)
-            pred_full = largest_component_per_label(pred_full, k)
+            pred_full = largest_component_per_label(pred_full)
         organs = organ_dice(pred_full, np.asarray(stored.label), k)
         res["chain"].append(float(np.mean(list(organs.values()))) if organs else float("nan"))
         for c, d in organs.items():
