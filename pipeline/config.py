@@ -89,7 +89,11 @@ class StageTrainSection(Section):
     batch_size: int = Field(2, ge=1)  # labeled samples per step and process
     unlabeled_batch_size: int = Field(2, ge=0)  # unlabeled samples per step (CPS only)
     patch_size: tuple[int, int, int] | None = None  # (z, y, x); None → the prepared sample size
-    fg_oversample: float = Field(0.33, ge=0, le=1)  # share of patches centred on a foreground voxel
+    # foreground oversampling (nnU-Net: 0.33): with the loader's batch size known, the last slots of each
+    # batch (slot >= round(batch*(1-p)); batch 2 -> slot 1) are foreground-centred, else each patch with p
+    fg_oversample: float = Field(0.33, ge=0, le=1)
+    # centre on a voxel of a class drawn uniformly among those present (nnU-Net), or on any foreground voxel
+    fg_sampling: Literal["class", "voxel"] = "class"
     lr: float = Field(1e-3, gt=0)
     loss: Literal["dice_ce", "dice_focal"] = "dice_ce"
 
