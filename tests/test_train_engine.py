@@ -88,7 +88,9 @@ def test_augmentation_is_seeded_and_keeps_image_and_label_aligned() -> None:
     lab[4:12, 5:15, 6:18] = 1
     lab[6:10, 8:12, 14:18] = 2
     img = lab.float()[None] * 10
-    cfg = _aug_cfg(flip_axes=[0, 1, 2], rotate_p=1.0, scale_p=1.0, rotate_deg=15, intensity_p=0.0)
+    no_intensity = dict(intensity_p=0.0, noise_p=0.0, blur_p=0.0, brightness_p=0.0, contrast_p=0.0, lowres_p=0.0,
+                        gamma_inverted_p=0.0, gamma_p=0.0)
+    cfg = _aug_cfg(flip_axes=[0, 1, 2], rotate_p=1.0, scale_p=1.0, rotate_deg=15, **no_intensity)
     a = augment(img, lab, torch.Generator().manual_seed(5), cfg)
     b = augment(img, lab, torch.Generator().manual_seed(5), cfg)
     c = augment(img, lab, torch.Generator().manual_seed(6), cfg)
