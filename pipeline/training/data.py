@@ -92,20 +92,17 @@ def foreground_centre(label: np.ndarray, gen: torch.Generator, mode: str = "clas
     (one bincount and one comparison per item, a few ms for a 96×192×192 sample): no per-case cache
     to grow across epochs.
     """
-    flat = np.asarray(label).reshape(-1)
-    if mode == "class":
-        counts = np.bincount(flat, minlength=2)
-        present = np.flatnonzero(counts[1:]) + 1
-        if not present.size:
-            return None
-        cls = int(present[int(torch.randint(present.size, (), generator=gen))])
-        where = np.flatnonzero(flat == cls)
-    elif mode == "voxel":
-        where = np.flatnonzero(flat > 0)
-        if not where.size:
-            return None
-    else:
+    if mode not in ("class", "voxel"):
         raise ValueError(f"unknown foreground sampling {mode!r} (class, voxel)")
+    flat = np.asarray(label).reshape(-1)
+    where = np.flatnonzero(flat)
+    if not where.size:
+        return None
+    if mode == "class":
+        values = flat[where]
+        present = np.flatnonzero(np.bincount(values))  # label 0 is not among the foreground values
+        cls = int(present[int(torch.randint(present.size, (), generator=gen))])
+        where = where[values == cls]
     idx = int(where[int(torch.randint(where.size, (), generator=gen))])
     return tuple(int(i) for i in np.unravel_index(idx, label.shape))
 
