@@ -89,7 +89,11 @@ class StageTrainSection(Section):
     batch_size: int = Field(2, ge=1)  # labeled samples per step and process
     unlabeled_batch_size: int = Field(2, ge=0)  # unlabeled samples per step (CPS only)
     patch_size: tuple[int, int, int] | None = None  # (z, y, x); None → the prepared sample size
-    fg_oversample: float = Field(0.33, ge=0, le=1)  # share of patches centred on a foreground voxel
+    # foreground oversampling (nnU-Net: 0.33): with the loader's batch size known, the last slots of each
+    # batch (slot >= round(batch*(1-p)); batch 2 -> slot 1) are foreground-centred, else each patch with p
+    fg_oversample: float = Field(0.33, ge=0, le=1)
+    # centre on a voxel of a class drawn uniformly among those present (nnU-Net), or on any foreground voxel
+    fg_sampling: Literal["class", "voxel"] = "class"
     lr: float = Field(1e-3, gt=0)
     loss: Literal["dice_ce", "dice_focal"] = "dice_ce"
 
@@ -169,18 +173,73 @@ class UIFSection(Section):
     history_stride: int = Field(2, ge=1)  # pseudo-labels kept on disk at 1/stride resolution
 
 
+Range = tuple[float, float]
+
+
 class AugmentSection(Section):
+    """On-the-fly augmentation (pipeline/training/augment.py). Defaults: nnU-Net v2's transforms and
+    probabilities (shared/reference/recipe.md), except rotation ±10°, zoom ±10 %, the additive
+    intensity jitter and mirroring, which each task config sets."""
+
     enabled: bool = True
     flip_axes: list[int] = Field(default_factory=list)  # tensor axes (0=z, 1=y, 2=x); none for left/right labels
-    flip_p: float = Field(0.5, ge=0, le=1)
-    rotate_deg: float = Field(10.0, ge=0)
+    flip_p: float = Field(0.5, ge=0, le=1)  # per axis
+    rotate_deg: float = Field(10.0, ge=0)  # ± per axis (nnU-Net: 30)
     rotate_p: float = Field(0.2, ge=0, le=1)
-    scale: float = Field(0.1, ge=0, lt=1)  # zoom factor in [1-scale, 1+scale]
+    # auto: about z only when the patch is flat (max(patch) / patch z > 3, nnU-Net's "dummy 2D"), else all axes
+    rotate_axes: Literal["auto", "all", "in_plane"] = "auto"
+    rotate_deg_in_plane: float = Field(180.0, ge=0)  # ± about z when rotating in-plane only (nnU-Net: 180)
+    scale: float | Range = 0.1  # zoom factor in [1-scale, 1+scale], or [lo, hi] (nnU-Net: [0.7, 1.4])
     scale_p: float = Field(0.2, ge=0, le=1)
-    intensity_shift: float = Field(0.1, ge=0)  # added, in normalised units
+    intensity_shift: float = Field(0.1, ge=0)  # added, in normalised units (not in nnU-Net)
     intensity_scale: float = Field(0.1, ge=0, lt=1)  # multiplied by [1-s, 1+s]
     intensity_p: float = Field(0.5, ge=0, le=1)
-    noise_std: float = Field(0.0, ge=0)
+    # Gaussian noise, std U(0, noise_std), one std for all channels. nnU-Net calls its (0, 0.1) a
+    # "noise_variance" but passes the draw to np.random.normal as the standard deviation
+    noise_p: float = Field(0.1, ge=0, le=1)
+    noise_std: float = Field(0.1, ge=0)
+    blur_p: float = Field(0.2, ge=0, le=1)  # Gaussian blur, sigma U(blur_sigma) per channel and axis
+    blur_sigma: Range = (0.5, 1.0)
+    blur_p_channel: float = Field(0.5, ge=0, le=1)
+    brightness_p: float = Field(0.15, ge=0, le=1)  # multiplicative, per channel
+    brightness_range: Range = (0.75, 1.25)
+    contrast_p: float = Field(0.15, ge=0, le=1)  # about the channel mean, clipped to the channel's range
+    contrast_range: Range = (0.75, 1.25)
+    lowres_p: float = Field(0.25, ge=0, le=1)  # nearest downsampling by U(lowres_scale), linear upsampling
+    lowres_scale: Range = (0.5, 1.0)
+    lowres_p_channel: float = Field(0.5, ge=0, le=1)
+    gamma_inverted_p: float = Field(0.1, ge=0, le=1)  # gamma on the inverted image, mean and std retained
+    gamma_p: float = Field(0.3, ge=0, le=1)  # gamma, mean and std retained
+    gamma_range: Range = (0.7, 1.5)
+
+    @field_validator("blur_sigma", "brightness_range", "contrast_range", "lowres_scale", "gamma_range")
+    @classmethod
+    def _positive_range(cls, v: Range) -> Range:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"need 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("lowres_scale")
+    @classmethod
+    def _downscale(cls, v: Range) -> Range:
+        if v[1] > 1:
+            raise ValueError(f"downscaling factors must be <= 1, got {list(v)}")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: float | Range) -> float | Range:
+        if isinstance(v, tuple):
+            if not 0 < v[0] <= v[1]:
+                raise ValueError(f"zoom range needs 0 < low <= high, got {list(v)}")
+        elif not 0 <= v < 1:
+            raise ValueError(f"zoom ±{v}: must be in [0, 1)")
+        return v
+
+    @property
+    def scale_range(self) -> Range:
+        """The zoom factor's [low, high]; (1, 1) means no zoom."""
+        return self.scale if isinstance(self.scale, tuple) else (1 - self.scale, 1 + self.scale)
 
 
 class TrainSection(Section):

@@ -47,10 +47,14 @@ def test_supervised_loss_masks_unlabeled_samples_and_deep_supervision() -> None:
     zero = supervised_loss(logits, target, torch.tensor([False] * 3))
     assert float(zero) == 0 and zero.requires_grad
     half = torch.randn(3, 3, 2, 2, 2)
-    ds = supervised_loss([logits, half], target)
+    quarter = torch.randn(3, 3, 1, 1, 1, requires_grad=True)
+    ds = supervised_loss([logits, half, quarter], target)
     t_half = F.interpolate(target[:, None].float(), size=(2, 2, 2), mode="nearest")[:, 0].long()
+    # nnU-Net: 1, ½, (¼ → 0 for the lowest output), normalised
     expect = (2 / 3) * supervised_loss(logits, target) + (1 / 3) * supervised_loss(half, t_half)
     assert float(ds) == pytest.approx(float(expect), rel=1e-6)
+    ds.backward()
+    assert quarter.grad is not None and quarter.grad.abs().sum() == 0  # in the graph (DDP), not scored
     assert float(supervised_loss(torch.randn(1, 3, 4, 4, 4), target[:1], kind="dice_focal")) > 0
 
 
@@ -88,7 +92,9 @@ def test_augmentation_is_seeded_and_keeps_image_and_label_aligned() -> None:
     lab[4:12, 5:15, 6:18] = 1
     lab[6:10, 8:12, 14:18] = 2
     img = lab.float()[None] * 10
-    cfg = _aug_cfg(flip_axes=[0, 1, 2], rotate_p=1.0, scale_p=1.0, rotate_deg=15, intensity_p=0.0)
+    no_intensity = dict(intensity_p=0.0, noise_p=0.0, blur_p=0.0, brightness_p=0.0, contrast_p=0.0, lowres_p=0.0,
+                        gamma_inverted_p=0.0, gamma_p=0.0)
+    cfg = _aug_cfg(flip_axes=[0, 1, 2], rotate_p=1.0, scale_p=1.0, rotate_deg=15, **no_intensity)
     a = augment(img, lab, torch.Generator().manual_seed(5), cfg)
     b = augment(img, lab, torch.Generator().manual_seed(5), cfg)
     c = augment(img, lab, torch.Generator().manual_seed(6), cfg)
@@ -195,3 +201,12 @@ def test_supervised_training_learns_and_writes_outputs(tmp_path) -> None:
 
     dice = evaluate([model], source, source.case_ids("val"), spec, DistContext(), AmpPolicy("cpu", None, None))
     assert dice[0] == pytest.approx(summary["best_dice"], abs=1e-6)
+
+
+def test_deep_supervision_weights_are_nnunets() -> None:
+    from pipeline.training.losses import ds_weights
+
+    assert ds_weights(1) == [1.0]
+    assert ds_weights(2) == [1.0, 0.0]
+    assert ds_weights(4) == pytest.approx([4 / 7, 2 / 7, 1 / 7, 0.0])
+    assert sum(ds_weights(6)) == pytest.approx(1.0) and ds_weights(6)[-1] == 0.0

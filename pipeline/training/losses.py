@@ -2,7 +2,7 @@
 
 Targets are integer label maps; voxels equal to IGNORE and whole samples without labels
 (`has_label` False) contribute nothing. Deep supervision: a list of logits [full, ½, ¼, ...]
-is scored against nearest-downsampled targets with weights 1, ½, ¼, ... (normalised).
+is scored against nearest-downsampled targets with nnU-Net's weights (`ds_weights`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,17 @@ def downsample_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor
 
 
 def ds_weights(n: int) -> list[float]:
+    """nnU-Net's deep-supervision weights for outputs [full, ½, ¼, ...]: 1/2^i, the lowest-resolution
+    output's set to 0, normalised to sum 1 (n = 4 → 4/7, 2/7, 1/7, 0).
+
+    Our nets' outputs match nnU-Net's (full resolution and every decoder level above the bottleneck,
+    nn.blocks.with_deep_supervision), and the lowest one exists only for deep supervision: its nearest-
+    downsampled target (1/4 of a 32×64×64 patch with 4 levels) has lost the small organs, so nnU-Net
+    leaves it out. A single output keeps weight 1.
+    """
     w = [0.5**i for i in range(n)]
+    if n > 1:
+        w[-1] = 0.0
     return [x / sum(w) for x in w]
 
 
@@ -84,5 +94,10 @@ def supervised_loss(outputs: torch.Tensor | list[torch.Tensor], target: torch.Te
             target = target[has_label]
     total = outs[0].new_zeros((), dtype=torch.float32)
     for w, out in zip(ds_weights(len(outs)), outs, strict=True):
-        total = total + w * seg_loss(out, downsample_target(target, out.shape[2:]), kind)
+        if w == 0:
+            # not scored, but kept in the graph: DDP (find_unused_parameters off) needs a gradient,
+            # zero here, for every head's parameters
+            total = total + out.sum() * 0.0
+        else:
+            total = total + w * seg_loss(out, downsample_target(target, out.shape[2:]), kind)
     return total

@@ -12,7 +12,7 @@ from torch import nn
 
 
 def param_groups(models: Iterable[nn.Module], weight_decay: float) -> list[dict]:
-    """No weight decay on biases and norm parameters (1-D tensors)."""
+    """No weight decay on biases and norm parameters (1-D tensors); "sgd" merges the groups back."""
     decay, no_decay = [], []
     for model in models:
         for p in model.parameters():
@@ -23,10 +23,17 @@ def param_groups(models: Iterable[nn.Module], weight_decay: float) -> list[dict]
 
 def build_optimizer(groups: list[dict], kind: str, lr: float, *, momentum: float = 0.99,
                     betas: Sequence[float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """"adamw": decoupled decay, none on 1-D parameters. "sgd": nnU-Net v2's optimiser, i.e.
+    torch.optim.SGD(all parameters, lr, momentum 0.99, nesterov, weight_decay): PyTorch's coupled L2
+    (grad += wd·p before momentum) on every parameter, norms and biases included, as nnU-Net passes
+    `network.parameters()` whole. nnU-Net's values: lr 1e-2, weight_decay 3e-5, poly 0.9, no warm-up."""
     if kind == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
     if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+        params = [p for g in groups for p in g["params"]]
+        decay = max((g.get("weight_decay", 0.0) for g in groups), default=0.0)
+        return torch.optim.SGD([{"params": params, "weight_decay": decay}], lr=lr, momentum=momentum,
+                               nesterov=momentum > 0)
     raise ValueError(f"unknown optimizer {kind!r} (adamw, sgd)")
 
 
