@@ -120,6 +120,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--budgets", default="3000,8000", help="training iterations per run, comma-separated")
     ap.add_argument("--systems", default="nnunet,segpipe")
     ap.add_argument("--recipe", default="native", choices=sorted(RECIPES))
+    ap.add_argument("--tag", default=None, help="segpipe run folder name (default: the recipe's), e.g. to compare code versions")
     ap.add_argument("--coarse-share", type=float, default=0.2, help="segpipe: share of the iterations for the coarse stage")
     ap.add_argument("--steps-per-epoch", type=int, default=50, help="segpipe iterations per epoch")
     ap.add_argument("--snapshots", default="1000,2000,3000,5000",
@@ -318,18 +319,18 @@ def segpipe_cmd() -> list[str]:
 
 
 def segpipe_prepare(args: argparse.Namespace, data: Path, out: Path) -> Path:
-    work = out / "segpipe" / f"work_{args.recipe}"
+    work = out / "segpipe" / f"work_{args.tag or args.recipe}"
     if not (work / ".prepared").exists():
         sets = [x for p in [*RECIPES[args.recipe]["prepare"], "prepare.folds=5", "prepare.workers=1"]
                 for x in ("--set", p)]
         run([*segpipe_cmd(), "prepare", "--data", str(data), "--work", str(work), "--config", "flare", *sets],
-            out / "logs" / f"segpipe_prepare_{args.recipe}.log", cpu=args.cpu)
+            out / "logs" / f"segpipe_prepare_{args.tag or args.recipe}.log", cpu=args.cpu)
         (work / ".prepared").touch()
     return work
 
 
 def segpipe_run(args: argparse.Namespace, data: Path, out: Path, budget: int) -> None:
-    run_dir = out / "segpipe" / f"{args.recipe}_{budget}"
+    run_dir = out / "segpipe" / f"{args.tag or args.recipe}_{budget}"
     done = run_dir / "result.json"
     if done.is_file():
         return
@@ -365,9 +366,50 @@ def segpipe_run(args: argparse.Namespace, data: Path, out: Path, budget: int) ->
                  {"SEGPIPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}, args.cpu)
     metrics = summarise(score(pred, data, run_dir / "metrics.json"))
     point = {"iterations": budget, "predict_s_per_case": t_pred / args.test, **metrics}
-    write_result(done, {"system": "segpipe", "plan": f"recipe {args.recipe}: coarse {coarse_steps} + fine {fine_steps}",
+    write_result(done, {"system": "segpipe", "tag": args.tag or args.recipe,
+                        "plan": f"recipe {args.tag or args.recipe}: coarse {coarse_steps} + fine {fine_steps}",
                         "iterations": budget, "train_s": times["coarse"] + times["fine"], "train_split_s": times,
                         "points": [point], **point, "overrides": sets})
+
+
+def segpipe_curve(args: argparse.Namespace, data: Path, out: Path, budget: int) -> None:
+    """Learning-curve points inside a finished segpipe run: the fine network as it was after
+    `--snapshots` iterations (the epoch checkpoint, not the best-on-validation one) with the run's
+    coarse network, predicted and scored like the final model."""
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.weights import read_manifest, write_manifest
+
+    run_dir = out / "segpipe" / f"{args.tag or args.recipe}_{budget}"
+    done = run_dir / "result.json"
+    if not done.is_file():
+        return
+    result = json.loads(done.read_text())
+    coarse_steps = int(result["plan"].split("coarse ")[1].split(" ")[0])
+    have = {p["iterations"] for p in result["points"]}
+    manifest = read_manifest(run_dir / "weights")
+    for it in snapshots(args, budget):
+        epoch, rest = divmod(it - coarse_steps, args.steps_per_epoch)
+        ckpt = run_dir / "work" / "train" / "fine" / "checkpoints" / f"epoch_{epoch:04d}" / "model.safetensors"
+        if it in have or rest or epoch < 1 or not ckpt.is_file():
+            continue
+        snap = run_dir / f"weights_{it}"
+        snap.mkdir(exist_ok=True)
+        for name in ("coarse.safetensors", "coarse.json", "fine.json"):
+            shutil.copy2(run_dir / "weights" / name, snap / name)
+        tensors = {k.removeprefix("nets.0."): v for k, v in load_file(str(ckpt)).items() if k.startswith("nets.0.")}
+        save_file(tensors, str(snap / "fine.safetensors"), metadata={"stage": "fine", "dtype": "float32"})
+        write_manifest(snap, name=snap.name, task=manifest["task"], preprocessing=manifest["preprocessing"])
+        pred = run_dir / f"pred_{it}"
+        if pred.exists():
+            shutil.rmtree(pred)
+        t_pred = run([*segpipe_cmd(), "predict", "-i", str(data / "validation"), "-o", str(pred), "--weights", str(snap),
+                      "--device", "cpu", "--mode", "flare"], run_dir / "predict.log",
+                     {"SEGPIPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}, args.cpu)
+        result["points"].append({"iterations": it, "predict_s_per_case": t_pred / args.test,
+                                 **summarise(score(pred, data, run_dir / f"metrics_{it}.json"))})
+    result["points"].sort(key=lambda p: p["iterations"])
+    write_result(done, result)
 
 
 def snapshots(args: argparse.Namespace, budget: int) -> list[int]:
@@ -375,9 +417,13 @@ def snapshots(args: argparse.Namespace, budget: int) -> list[int]:
 
 
 # ---- report ------------------------------------------------------------------------------------
+def name(r: dict[str, Any]) -> str:
+    return f"{r['system']} [{r['tag']}]" if r.get("tag") else r["system"]
+
+
 def report(out: Path) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/*/result.json"))]
-    rows.sort(key=lambda r: (r["iterations"], r["system"]))
+    rows.sort(key=lambda r: (r["iterations"], r["system"], r.get("tag", "")))
     if not rows:
         print(f"no finished runs under {out}")
         return
@@ -385,13 +431,21 @@ def report(out: Path) -> None:
     print("| system | plan | iterations | train wall | predict / case | mean DSC | mean NSD |")
     print("|---|---|--:|--:|--:|--:|--:|")
     for r in rows:
-        print(f"| {r['system']} | {r['plan']} | {r['iterations']:,} | {r['train_s'] / 60:.0f} min | "
+        print(f"| {name(r)} | {r['plan']} | {r['iterations']:,} | {r['train_s'] / 60:.0f} min | "
               f"{r['predict_s_per_case']:.1f} s | {r['mean_dsc']:.3f} | {r['mean_nsd']:.3f} |")
+    print("\n| learning curve (DSC / NSD) | iterations | mean DSC | mean NSD |")
+    print("|---|--:|--:|--:|")
+    for r in rows:
+        for pt in r["points"]:
+            print(f"| {name(r)}, budget {r['iterations']:,} | {pt['iterations']:,} | {pt['mean_dsc']:.3f} | "
+                  f"{pt['mean_nsd']:.3f} |")
     organs = list(rows[0]["organs"])
-    print("\n| organ (DSC) | " + " | ".join(f"{r['system'].split()[0]} {r['iterations']}" for r in rows) + " |")
+    print("\n| organ DSC / NSD | " + " | ".join(f"{name(r)} {r['iterations']:,}" for r in rows) + " |")
     print("|---|" + "--:|" * len(rows))
     for o in organs:
-        print(f"| {o} | " + " | ".join(f"{r['organs'].get(o, {}).get('dsc', float('nan')):.2f}" for r in rows) + " |")
+        cells = [r["organs"].get(o, {}) for r in rows]
+        print(f"| {o} | " + " | ".join(f"{c.get('dsc', float('nan')):.2f} / {c.get('nsd', float('nan')):.2f}"
+                                       for c in cells) + " |")
     plot(rows, out / "learning_curve.png")
 
 
@@ -401,19 +455,19 @@ def plot(rows: list[dict[str, Any]], dest: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for metric, ax in zip(("mean_dsc", "mean_nsd"), axes, strict=True):
-        for system, style in (("nnU-Net v2.8.1", "o--"), ("segpipe", "s-")):
-            for r in (r for r in rows if r["system"] == system):
-                pts = sorted(r["points"], key=lambda p: p["iterations"])
-                ax.plot([p["iterations"] for p in pts], [p[metric] for p in pts], style,
-                        label=f"{system}, budget {r['iterations']}")
-        ax.set_xlabel("training iterations")
-        ax.set_ylabel(metric.replace("_", " ").replace("dsc", "DSC").replace("nsd", "NSD"))
+        for r in rows:
+            pts = sorted(r["points"], key=lambda p: p["iterations"])
+            style = "o--" if r["system"].startswith("nnU-Net") else "s-"
+            ax.plot([p["iterations"] for p in pts], [p[metric] for p in pts], style,
+                    label=f"{name(r)}, budget {r['iterations']:,}")
+        ax.set_xlabel("training iterations (segpipe: coarse + fine)")
+        ax.set_ylabel(metric.replace("mean_", "mean ").upper().replace("MEAN", "mean"))
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("held-out synthetic FLARE-like CT, original image space")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("held-out synthetic FLARE-like CT, original image space, one CPU core per system")
     fig.tight_layout()
     fig.savefig(dest, dpi=100)
     print(f"learning curve: {dest}")
@@ -428,7 +482,11 @@ def main() -> int:
         for budget in (int(b) for b in args.budgets.split(",")):
             for system in args.systems.split(","):
                 t0 = time.time()
-                (nnunet_run if system == "nnunet" else segpipe_run)(args, data, out, budget)
+                if system == "nnunet":
+                    nnunet_run(args, data, out, budget)
+                else:
+                    segpipe_run(args, data, out, budget)
+                    segpipe_curve(args, data, out, budget)
                 print(f"{system} {budget}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
     report(out)
     return 0

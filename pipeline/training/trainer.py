@@ -173,7 +173,8 @@ def _loader(items: list[tuple[str, int]], spec: StageSpec, source: SampleSource,
         def load(cid: str, seed: int) -> SampleLike:
             return source.load(cid, spec.sample_stage)
     ds = PatchDataset(items, load, patch=spec.train.patch_size, fg_p=spec.train.fg_oversample,
-                      augment_cfg=cfg.augment, num_classes=spec.num_classes, labeled=labeled)
+                      augment_cfg=cfg.augment, num_classes=spec.num_classes, labeled=labeled,
+                      fg_sampling=spec.train.fg_sampling, batch_size=batch)
     return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False, num_workers=cfg.workers,
                                        persistent_workers=False, drop_last=True)
 
