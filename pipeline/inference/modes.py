@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.brats_files import brats_case_dirs
 from pipeline.errors import SegpipeError
 from pipeline.fsutil import check_case_id, safe_child
 from pipeline.image_io import image_suffix, strip_image_suffix
@@ -81,9 +82,7 @@ def _gc_slugs(root: Path) -> list[Path]:
 
 
 def _is_brats(root: Path) -> bool:
-    from data_prepare.layouts import _brats_case_dirs
-
-    return bool(_brats_case_dirs(root))
+    return bool(brats_case_dirs(root))
 
 
 def detect_mode(root: Path) -> str:
