@@ -40,6 +40,11 @@ BRATS_2023_TAGS: dict[str, str] = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "
 BRATS_LABELS: dict[int, str] = {1: "necrotic_core", 2: "edema", 3: "enhancing_tumor"}
 BRATS_REGIONS_2023: dict[str, tuple[int, ...]] = {"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)}
 BRATS_REGIONS_LEGACY: dict[str, tuple[int, ...]] = {"ET": (4,), "TC": (1, 4), "WT": (1, 2, 4)}
+# BraTS 2025 (organisers' `brats-evaluation`, config gli): the 2023 regions, the three labels on
+# their own and label 4, the post-treatment resection cavity
+BRATS_REGIONS_2025: dict[str, tuple[int, ...]] = {
+    "ET": (3,), "TC": (1, 3), "WT": (1, 2, 3), "NETC": (1,), "SNFH": (2,), "RC": (4,),
+}
 # legacy raw label → internal label, stated explicitly (never inferred from the data)
 BRATS_LEGACY_TO_2023: dict[int, int] = {0: 0, 1: 1, 2: 2, 4: 3}
 BRATS_2023_TO_LEGACY: dict[int, int] = {v: k for k, v in BRATS_LEGACY_TO_2023.items()}
