@@ -217,8 +217,9 @@ def _discover_flare(root: Path, task_name: str | None) -> Discovery:
 
 
 # BraTS -----------------------------------------------------------------------------------
-def _discover_brats(root: Path, task_name: str | None) -> Discovery:
-    task = get_task(_check_task("brats", "brats", task_name))
+def _discover_brats(root: Path, task_name: str | None, label_convention: str | None = None) -> Discovery:
+    task = get_task(_check_task("brats", "brats", task_name), label_convention)
+    named = "brats-2024" if label_convention == "brats2024" else "brats-2023"
     disc = Discovery("brats", task.name, root)
     for case_dir in brats_case_dirs(root):
         case_id = case_dir.name
@@ -251,7 +252,7 @@ def _discover_brats(root: Path, task_name: str | None) -> Discovery:
         disc.cases.append(CaseSource(
             case_id, {m: found.get(m) for m in task.modalities}, label, group,
             dict(BRATS_LEGACY_TO_2023) if legacy else _identity_map(task),
-            "brats-legacy" if legacy else "brats-2023", "brats",
+            "brats-legacy" if legacy else named, "brats",
         ))
     return _finalise(disc)
 
@@ -366,8 +367,9 @@ def _discover_flat(root: Path, task_name: str | None, label_map: dict[int, int] 
 
 
 def discover(root: str | Path, layout: str = "auto", task: str | None = None,
-             label_map: dict[int, int] | None = None) -> Discovery:
-    """Find every case under `root`. `task` (from an explicit config) must agree with the data."""
+             label_map: dict[int, int] | None = None, label_convention: str | None = None) -> Discovery:
+    """Find every case under `root`. `task` (from an explicit config) must agree with the data;
+    `label_convention` brats2024 admits BraTS label 4 (resection cavity)."""
     root = Path(root)
     if not root.is_dir():
         raise SegpipeError(f"data folder {root} does not exist or is not a folder")
@@ -375,7 +377,7 @@ def discover(root: str | Path, layout: str = "auto", task: str | None = None,
     if chosen == "flare":
         return _discover_flare(root, task)
     if chosen == "brats":
-        return _discover_brats(root, task)
+        return _discover_brats(root, task, label_convention)
     if chosen == "nnunet":
         return _discover_nnunet(root, task, label_map)
     if chosen == "flat":

@@ -23,7 +23,7 @@ INTEGER_PIXELS = ("8-bit unsigned integer", "8-bit signed integer", "16-bit unsi
 def label_set(task: str, convention: str = "2023") -> set[int]:
     from pipeline.tasks import BRATS_2023_TO_LEGACY, get_task
 
-    labels = {0, *get_task(task).labels}
+    labels = {0, *get_task(task, convention).labels}
     if task == "brats" and convention == "legacy":
         labels = {BRATS_2023_TO_LEGACY[v] for v in labels}
     return labels
