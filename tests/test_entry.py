@@ -65,7 +65,7 @@ def test_grand_challenge_job(tmp_path, weights, monkeypatch, capsys):
         assert getattr(pred, get)() == getattr(src, get)(), get
 
 
-def test_grand_challenge_manifest_naming_a_missing_socket_is_an_error(tmp_path, weights, monkeypatch, capsys):
+def test_grand_challenge_manifest_naming_a_missing_socket_is_an_error(tmp_path, weights, monkeypatch, caplog):
     inp, out = tmp_path / "input", tmp_path / "output"
     out.mkdir()
     save_image(ct_volume(), inp / "images" / "ct-image" / f"{UUID}.mha")
@@ -73,7 +73,7 @@ def test_grand_challenge_manifest_naming_a_missing_socket_is_an_error(tmp_path, 
     monkeypatch.setenv("SEGPIPE_WEIGHTS", str(weights["root"]))
     assert main(["entry", "--input", str(inp), "--output", str(out), "--model-dir", str(tmp_path / "none"),
                  "--device", "cpu"]) == 1  # a failed job on grand-challenge
-    assert "image socket 'pet-image'" in capsys.readouterr().err
+    assert "image socket 'pet-image'" in caplog.text
     assert (out / "images" / "ct-image" / f"{UUID}.mha").is_file()  # the good input is still predicted
 
 
