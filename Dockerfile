@@ -86,4 +86,7 @@ COPY --from=build /opt/workspace/predict.sh /workspace/predict.sh
 
 WORKDIR /workspace
 USER ${SEGPIPE_UID}:${SEGPIPE_GID}
-CMD ["segpipe", "--help"]
+# Started with no command (grand-challenge, the BraTS 2025 orchestrator): predict /input →
+# /output when both are mounted, else print the help. FLARE's `sh predict.sh`, MLCube's
+# `infer ...` and `segpipe ...` replace this default.
+CMD ["segpipe", "entry"]

@@ -33,12 +33,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.brats_files import brats_case_dirs, brats_tag, image_files, subdirs, walk_dirs
 from pipeline.errors import SegpipeError
 from pipeline.fsutil import check_case_id
-from pipeline.image_io import image_suffix, strip_image_suffix
+from pipeline.image_io import strip_image_suffix
 from pipeline.tasks import (
-    BRATS_2023_TAGS,
-    BRATS_LEGACY_TAGS,
     BRATS_LEGACY_TO_2023,
     TaskSpec,
     get_task,
@@ -89,66 +88,12 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
 
 
-def _images_in(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) and not p.name.startswith("."))
-    except OSError:
-        return []
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        return []
-
-
-def _walk_dirs(root: Path, depth: int = _MAX_DEPTH) -> list[Path]:
-    out, frontier = [], [root]
-    for _ in range(depth + 1):
-        nxt = []
-        for d in frontier:
-            out.append(d)
-            nxt.extend(_subdirs(d))
-        frontier = nxt
-    return out
-
-
 # detection --------------------------------------------------------------------------------
 def _nnunet_root(root: Path) -> Path | None:
     if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
         return root
-    found = [d for d in _subdirs(root) if (d / "dataset.json").is_file() and (d / "imagesTr").is_dir()]
+    found = [d for d in subdirs(root) if (d / "dataset.json").is_file() and (d / "imagesTr").is_dir()]
     return found[0] if len(found) == 1 else None
-
-
-def _brats_tag(path: Path) -> tuple[str, str] | None:
-    """('legacy'|'2023'|'any', modality or 'seg') from a BraTS file name, else None."""
-    stem = strip_image_suffix(path)
-    if "-" in stem:
-        tag = stem.rsplit("-", 1)[1].lower()
-        for modality, t in BRATS_2023_TAGS.items():
-            if tag == t:
-                return "2023", modality
-        if tag == "seg":
-            return "any", "seg"
-    if "_" in stem:
-        tag = stem.rsplit("_", 1)[1].lower()
-        for modality, t in BRATS_LEGACY_TAGS.items():
-            if tag == t:
-                return "legacy", modality
-        if tag == "seg":
-            return "any", "seg"
-    return None
-
-
-def _brats_case_dirs(root: Path) -> list[Path]:
-    out = []
-    for d in _walk_dirs(root, 2)[1:]:
-        files = _images_in(d)
-        if files and sum(_brats_tag(f) is not None for f in files) >= max(1, len(files) // 2):
-            out.append(d)
-    return out
 
 
 def detect_layout(root: Path) -> str:
@@ -156,11 +101,11 @@ def detect_layout(root: Path) -> str:
         raise SegpipeError(f"data folder {root} does not exist or is not a folder")
     if _nnunet_root(root) is not None:
         return "nnunet"
-    if _brats_case_dirs(root):
+    if brats_case_dirs(root):
         return "brats"
     if _flare_folders(root):
         return "flare"
-    if _images_in(root):
+    if image_files(root):
         return "flat"
     raise SegpipeError(
         f"{root}: cannot detect the data layout (no dataset.json+imagesTr, no BraTS case folders, no "
@@ -214,8 +159,8 @@ def _flare_role(rel_parts: list[str]) -> str:
 
 def _flare_folders(root: Path) -> dict[str, list[Path]]:
     roles: dict[str, list[Path]] = defaultdict(list)
-    for d in _walk_dirs(root)[1:]:
-        if _images_in(d):
+    for d in walk_dirs(root, _MAX_DEPTH)[1:]:
+        if image_files(d):
             roles[_flare_role(list(d.relative_to(root).parts))].append(d)
     if not roles.get("images") and not roles.get("unlabeled"):
         return {}
@@ -247,9 +192,9 @@ def _discover_flare(root: Path, task_name: str | None) -> Discovery:
             if role == "images" and label_dir is None:
                 disc.problems.append((str(image_dir), "training images folder without a matching labels folder"))
                 continue
-            labels = {strip_image_suffix(p): p for p in _images_in(label_dir)} if label_dir else {}
+            labels = {strip_image_suffix(p): p for p in image_files(label_dir)} if label_dir else {}
             used: set[str] = set()
-            for path in _images_in(image_dir):
+            for path in image_files(image_dir):
                 case_id, channel = _flare_id(path)
                 if channel not in (None, "0000"):
                     disc.problems.append((case_id, f"{path.name}: channel {channel} but FLARE CT has one channel (_0000)"))
@@ -272,18 +217,19 @@ def _discover_flare(root: Path, task_name: str | None) -> Discovery:
 
 
 # BraTS -----------------------------------------------------------------------------------
-def _discover_brats(root: Path, task_name: str | None) -> Discovery:
-    task = get_task(_check_task("brats", "brats", task_name))
+def _discover_brats(root: Path, task_name: str | None, label_convention: str | None = None) -> Discovery:
+    task = get_task(_check_task("brats", "brats", task_name), label_convention)
+    named = "brats-2024" if label_convention == "brats2024" else "brats-2023"
     disc = Discovery("brats", task.name, root)
-    for case_dir in _brats_case_dirs(root):
+    for case_dir in brats_case_dirs(root):
         case_id = case_dir.name
         if _case_problem(disc, case_id):
             continue
         found: dict[str, Path] = {}
         conventions: set[str] = set()
         problem = None
-        for path in _images_in(case_dir):
-            tag = _brats_tag(path)
+        for path in image_files(case_dir):
+            tag = brats_tag(path)
             if tag is None:
                 continue
             convention, what = tag
@@ -306,7 +252,7 @@ def _discover_brats(root: Path, task_name: str | None) -> Discovery:
         disc.cases.append(CaseSource(
             case_id, {m: found.get(m) for m in task.modalities}, label, group,
             dict(BRATS_LEGACY_TO_2023) if legacy else _identity_map(task),
-            "brats-legacy" if legacy else "brats-2023", "brats",
+            "brats-legacy" if legacy else named, "brats",
         ))
     return _finalise(disc)
 
@@ -402,9 +348,9 @@ def _discover_flat(root: Path, task_name: str | None, label_map: dict[int, int] 
     disc = Discovery("flat", task.name, root)
     lmap = dataset_label_map({}, task, label_map) if label_map else _identity_map(task)
     label_dir = next((root / n for n in ("labels", "masks") if (root / n).is_dir()), None)
-    labels = {strip_image_suffix(p): p for p in _images_in(label_dir)} if label_dir else {}
+    labels = {strip_image_suffix(p): p for p in image_files(label_dir)} if label_dir else {}
     by_case: dict[str, dict[str, Path]] = defaultdict(dict)
-    for path in _images_in(root):
+    for path in image_files(root):
         case_id, channel = _flare_id(path)
         idx = int(channel) if channel else 0
         if idx >= len(task.modalities):
@@ -421,8 +367,9 @@ def _discover_flat(root: Path, task_name: str | None, label_map: dict[int, int] 
 
 
 def discover(root: str | Path, layout: str = "auto", task: str | None = None,
-             label_map: dict[int, int] | None = None) -> Discovery:
-    """Find every case under `root`. `task` (from an explicit config) must agree with the data."""
+             label_map: dict[int, int] | None = None, label_convention: str | None = None) -> Discovery:
+    """Find every case under `root`. `task` (from an explicit config) must agree with the data;
+    `label_convention` brats2024 admits BraTS label 4 (resection cavity)."""
     root = Path(root)
     if not root.is_dir():
         raise SegpipeError(f"data folder {root} does not exist or is not a folder")
@@ -430,7 +377,7 @@ def discover(root: str | Path, layout: str = "auto", task: str | None = None,
     if chosen == "flare":
         return _discover_flare(root, task)
     if chosen == "brats":
-        return _discover_brats(root, task)
+        return _discover_brats(root, task, label_convention)
     if chosen == "nnunet":
         return _discover_nnunet(root, task, label_map)
     if chosen == "flat":

@@ -53,10 +53,11 @@ class PrepareOutcome:
     failed: list[dict[str, str]] = field(default_factory=list)
 
 
-def fingerprint(task_name: str, cfg: PrepareSection) -> str:
+def fingerprint(task_name: str, cfg: PrepareSection, label_convention: str | None = None) -> str:
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
+    labels = {"labels": label_convention} if label_convention == "brats2024" else {}  # others: unchanged hashes
     blob = json.dumps({"task": task_name, "schema": SCHEMA_VERSION, "processing": PROCESSING_VERSION,
-                       "prepare": settings}, sort_keys=True)
+                       "prepare": settings, **labels}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -158,14 +159,14 @@ def _failure_table(failed: list[dict[str, str]]) -> str:
 
 
 def run_prepare(data: str | Path, work: str | Path, cfg: PrepareSection, *, task: str | None = None,
-                workers: int | None = None) -> PrepareOutcome:
+                workers: int | None = None, label_convention: str | None = None) -> PrepareOutcome:
     started = time.perf_counter()
     root, work = Path(data).resolve(), Path(work).resolve()
     if work == root or root in work.parents:
         raise SegpipeError(f"work folder {work} is inside the data folder {root}; the data folder is never written")
-    disc: Discovery = discover(root, cfg.layout, task, cfg.label_map)
+    disc: Discovery = discover(root, cfg.layout, task, cfg.label_map, label_convention)
     spec = get_task(disc.task)
-    fp = fingerprint(spec.name, cfg)
+    fp = fingerprint(spec.name, cfg, label_convention if spec.name == "brats" else None)
     workers = max(1, workers or cfg.workers)
     log.info("%s layout, task %s: %d cases found in %s (%s)", disc.layout, spec.name, len(disc.cases), root,
              "; ".join(disc.notes) or "-")

@@ -77,7 +77,10 @@ def map_labels(source: CaseSource, array: np.ndarray) -> tuple[np.ndarray, dict[
     unknown = sorted(int(v) for v in values if int(v) not in source.label_map)
     if unknown:
         allowed = sorted(source.label_map)
-        raise CaseError(source.case_id, f"label values {unknown} are not in the {source.label_convention} label set {allowed}")
+        hint = ("; 4 is the BraTS 2024+ resection cavity: set task.label_convention: brats2024 to use it"
+                if source.label_convention == "brats-2023" and 4 in unknown else "")
+        raise CaseError(source.case_id,
+                        f"label values {unknown} are not in the {source.label_convention} label set {allowed}{hint}")
     lut = np.zeros(hi + 1, np.uint8)
     for raw, internal in source.label_map.items():
         if 0 <= raw <= hi:

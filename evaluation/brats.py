@@ -9,6 +9,8 @@
   DeepMind HD95 with `inf` → 374; with `lesionwise`, the ranking metrics: 26-connected GT
   lesions merged by dilation, lesions at or below a volume threshold dropped, every false-
   positive component adding Dice 0 / HD95 374, no lesions at all → Dice 1 / HD95 0.
+- `2025` (the organisers' `brats-evaluation` package): regions ET, TC, WT, NETC, SNFH, RC with
+  global and lesion-wise DSC/NSD/HD95 and TP/FP/FN, always lesion-wise (evaluation/brats2025.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from evaluation import brats2025
 from evaluation.flare import run_cases
 from evaluation.matching import CasePair, match_cases
 from evaluation.results import CaseResult, build_results
@@ -30,11 +33,13 @@ from evaluation.surface import grow_box, hd95_voxel, robust_hausdorff, surface_d
 from pipeline.errors import CaseError, SegpipeError
 from pipeline.image_io import Geometry, read_image
 from pipeline.log import get_logger
-from pipeline.tasks import BRATS_REGIONS_2023, BRATS_REGIONS_LEGACY
+from pipeline.tasks import BRATS_REGIONS_2023, BRATS_REGIONS_2025, BRATS_REGIONS_LEGACY
 
 log = get_logger("evaluate.brats")
 
-REGIONS: dict[str, dict[str, tuple[int, ...]]] = {"legacy": BRATS_REGIONS_LEGACY, "2023": BRATS_REGIONS_2023}
+REGIONS: dict[str, dict[str, tuple[int, ...]]] = {
+    "legacy": BRATS_REGIONS_LEGACY, "2023": BRATS_REGIONS_2023, "2025": BRATS_REGIONS_2025,
+}
 REGION_ORDER = ("ET", "TC", "WT")
 LEGACY_HD95_EMPTY = 373.12866
 HD95_PENALTY_2023 = 374.0
@@ -125,10 +130,14 @@ def lesionwise_scores(gt: np.ndarray, pred: np.ndarray, spacing: tuple[float, ..
 
 
 def metrics_for(convention: str, lesionwise: bool) -> list[str]:
+    if convention == "2025":
+        return list(brats2025.METRICS)
     return ["dice", "hd95"] + (["lesionwise_dice", "lesionwise_hd95"] if lesionwise else [])
 
 
 def penalty_labels(convention: str, lesionwise: bool) -> dict[str, dict[str, Any]]:
+    if convention == "2025":
+        return brats2025.penalty_labels()
     hd = LEGACY_HD95_EMPTY if convention == "legacy" else HD95_PENALTY_2023
     out: dict[str, dict[str, Any]] = {}
     for name in REGION_ORDER:
@@ -148,6 +157,9 @@ def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...], Geometry]:
 def case_labels(
     gt: np.ndarray, pred: np.ndarray, spacing: tuple[float, ...], convention: str, rule: LesionRule | None
 ) -> dict[str, dict[str, Any]]:
+    if convention == "2025":
+        # the package pairs sitk's (x, y, z) spacing with the (z, y, x) array: reproduced (1 mm BraTS: no effect)
+        return brats2025.case_labels(gt, pred, tuple(reversed(spacing)))
     out: dict[str, dict[str, Any]] = {}
     for name in REGION_ORDER:
         labels = REGIONS[convention][name]
@@ -193,8 +205,8 @@ def evaluate_brats(
     workers: int = 2,
 ) -> dict[str, Any]:
     if convention not in REGIONS:
-        raise SegpipeError(f"unknown BraTS convention {convention!r}; use legacy or 2023")
-    rule = LESION_RULES[challenge] if lesionwise else None
+        raise SegpipeError(f"unknown BraTS convention {convention!r}; use legacy, 2023 or 2025")
+    rule = LESION_RULES[challenge] if lesionwise and convention != "2025" else None
     matching = match_cases(pred_dir, gt_dir)
     if matching.missing:
         log.warning("%d case(s) without a prediction get the penalty: %s", len(matching.missing), ", ".join(matching.missing[:5]))
@@ -202,11 +214,17 @@ def evaluate_brats(
     for c in cases:
         if c.status == "failed":
             log.error("%s", c.error)
+    hd95 = {"legacy": "medpy voxel-boundary, pooled percentile",
+            "2023": "DeepMind surfels, 374 if undefined",
+            "2025": "panoptica (medpy voxel-boundary, pooled percentile), 373 if infinite"}[convention]
     settings: dict[str, Any] = {
         "convention": convention,
         "regions": {k: list(v) for k, v in REGIONS[convention].items()},
-        "hd95": "medpy voxel-boundary, pooled percentile" if convention == "legacy" else "DeepMind surfels, 374 if undefined",
+        "hd95": hd95,
     }
+    if convention == "2025":
+        settings["lesionwise"] = {"instances": "26-connected components", "matching": "one-to-one, DSC >= 1e-6",
+                                  "nsd_tolerance": "min(spacing)", "absent_from_both": None}
     if rule is not None:
         settings["lesionwise"] = {"challenge": challenge, "dilation": rule.dilation, "min_volume_mm3": rule.min_volume_mm3}
-    return build_results(f"brats-{convention}", metrics_for(convention, lesionwise), cases, unmatched=matching.unmatched, settings=settings)
+    return build_results(f"brats-{convention}", metrics_for(convention, rule is not None), cases, unmatched=matching.unmatched, settings=settings)

@@ -160,7 +160,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 # metrics where larger is better (the rest — distances, counts of errors — are smaller-better)
-_HIGHER_IS_BETTER = frozenset({"dsc", "nsd", "dice", "lesionwise_dice"})
+_HIGHER_IS_BETTER = frozenset({"dsc", "nsd", "dice", "lesionwise_dice", "lesionwise_nsd"})
 
 
 def higher_is_better(metric: str) -> bool:

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "demo": "the whole pipeline on embedded synthetic data",
     "package": "build the submission image with weights baked in",
     "submit": "check a prediction folder against the challenge contract and archive it",
+    "entry": "the image's default command: predict /input → /output when both are mounted, else this help",
 }
 
 

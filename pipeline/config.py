@@ -26,8 +26,9 @@ class Section(BaseModel):
 
 class TaskSection(Section):
     name: Literal["flare", "brats"] = "flare"
-    # BraTS output label convention: "2023" (1,2,3) or "legacy" (1,2,4)
-    label_convention: Literal["2023", "legacy"] = "2023"
+    # BraTS labels: "2023" (1,2,3), "legacy" (1,2,4 in files; 1,2,3 inside), "brats2024" (1,2,3 and
+    # 4 = resection cavity of post-treatment glioma: prepared, trained, predicted and submitted)
+    label_convention: Literal["2023", "legacy", "brats2024"] = "2023"
 
 
 class PrepareSection(Section):

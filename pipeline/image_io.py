@@ -344,12 +344,20 @@ def validate_image(image: sitk.Image, path: str | Path, *, check_finite: bool = 
 
 
 def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -> Path:
-    """Write atomically (temp name + rename) so readers never see a partial file."""
+    """Write atomically (temp name + rename) so readers never see a partial file.
+
+    Outside NIfTI the reader's header fields (a NIfTI's `ITK_FileNotes`, `qto_xyz`, ...) are
+    dropped first: MetaImageIO cannot store them and prints a warning for each one, per case."""
     final = Path(path)
     suffix = image_suffix(final)
     if suffix is None or suffix in (".mhd", ".nhdr"):
         # detached headers name their data file, which a temp-name-and-rename would break
         raise ImageError(final, "unsupported output type (write .nii.gz, .nii, .mha or .nrrd)")
+    if suffix not in (".nii.gz", ".nii") and image.GetMetaDataKeys():
+        image = sitk.Image(image)
+        image.MakeUnique()  # the dictionary is shared until then: the caller's image keeps its own
+        for key in image.GetMetaDataKeys():
+            image.EraseMetaData(key)
     with atomic_path(final) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
     return final

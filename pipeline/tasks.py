@@ -38,8 +38,16 @@ BRATS_2023_TAGS: dict[str, str] = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "
 
 # Internal BraTS training labels are the 2023 convention (consecutive, softmax-friendly).
 BRATS_LABELS: dict[int, str] = {1: "necrotic_core", 2: "edema", 3: "enhancing_tumor"}
+# BraTS 2024+ post-treatment glioma adds the resection cavity (task.label_convention: brats2024)
+BRATS_LABELS_2024: dict[int, str] = {**BRATS_LABELS, 4: "resection_cavity"}
+LABEL_CONVENTIONS: tuple[str, ...] = ("2023", "legacy", "brats2024")
 BRATS_REGIONS_2023: dict[str, tuple[int, ...]] = {"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)}
 BRATS_REGIONS_LEGACY: dict[str, tuple[int, ...]] = {"ET": (4,), "TC": (1, 4), "WT": (1, 2, 4)}
+# BraTS 2025 (organisers' `brats-evaluation`, config gli): the 2023 regions, the three labels on
+# their own and label 4, the post-treatment resection cavity
+BRATS_REGIONS_2025: dict[str, tuple[int, ...]] = {
+    "ET": (3,), "TC": (1, 3), "WT": (1, 2, 3), "NETC": (1,), "SNFH": (2,), "RC": (4,),
+}
 # legacy raw label → internal label, stated explicitly (never inferred from the data)
 BRATS_LEGACY_TO_2023: dict[int, int] = {0: 0, 1: 1, 2: 2, 4: 3}
 BRATS_2023_TO_LEGACY: dict[int, int] = {v: k for k, v in BRATS_LEGACY_TO_2023.items()}
@@ -64,8 +72,12 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str) -> TaskSpec:
+def get_task(name: str, label_convention: str | None = None) -> TaskSpec:
+    """The task; BraTS under the `brats2024` label convention also has label 4 (resection cavity)."""
     try:
-        return TASKS[name]
+        spec = TASKS[name]
     except KeyError:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
+    if name == "brats" and label_convention == "brats2024":
+        return TaskSpec(spec.name, spec.image_kind, spec.modalities, BRATS_LABELS_2024)
+    return spec

@@ -95,6 +95,11 @@ def write_manifest(folder: str | Path, *, name: str, task: str, preprocessing: d
         }
         for p in (w, j):
             files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    # a BraTS model with a fifth class was trained under the brats2024 convention (label 4 = cavity)
+    classes = max(int(st["model"].get("num_classes", 0)) for st in stages.values())
+    if spec.name == "brats" and classes > spec.num_classes:
+        spec = get_task(task, "brats2024")
+        extra = {"label_convention": "brats2024", **(extra or {})}
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "task": spec.name,
         "image_kind": spec.image_kind, "modalities": list(spec.modalities),

@@ -4,6 +4,7 @@ oblique images with anisotropic spacing, and one-line errors for bad files."""
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,31 @@ def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
         write_image(make_image(np.eye(3), seed=2), target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz"]
+
+
+def test_mha_from_a_nifti_is_written_without_metaimage_warnings(tmp_path):
+    """A NIfTI's header fields (ITK_FileNotes, qto_xyz, ...) cannot go into a .mha: they are
+    dropped quietly instead of MetaImageIO printing a warning for each, and the source image
+    keeps them. Checked in a child process, where ITK's C++ warnings reach stderr."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "ct.nii.gz"
+    image = sitk.GetImageFromArray(np.arange(60, dtype=np.int16).reshape(3, 4, 5))
+    image.SetSpacing((0.8, 0.9, 2.5))
+    image.SetOrigin((1.0, -2.0, 3.0))
+    sitk.WriteImage(image, str(src))
+    code = (
+        "import sys, SimpleITK as sitk\n"
+        "from pipeline.image_io import read_image, write_image\n"
+        "img = read_image(sys.argv[1]); n = len(img.GetMetaDataKeys())\n"
+        "write_image(img, sys.argv[2]); assert len(img.GetMetaDataKeys()) == n > 0, n\n"
+    )
+    out = tmp_path / "ct.mha"
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(out)], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert "MetaImageIO" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
+    back, nifti = sitk.ReadImage(str(out)), sitk.ReadImage(str(src))
+    assert back.GetSpacing() == nifti.GetSpacing() and back.GetOrigin() == nifti.GetOrigin()
+    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))

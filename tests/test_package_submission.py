@@ -54,6 +54,81 @@ def test_dockerfile_bakes_weights_in_and_points_there():
     assert "USER" not in text  # the project image's non-root user stays in force
 
 
+def test_grand_challenge_dockerfile_stores_the_output_slug():
+    text = dockerfile("segpipe:dev", "flare_x", "flare", "grand-challenge", "abdominal-organ-segmentation")
+    assert "ENV SEGPIPE_GC_OUTPUT_SLUG=abdominal-organ-segmentation" in text
+    assert 'org.segpipe.target="grand-challenge"' in text
+    assert "CMD" not in text and "ENTRYPOINT" not in text  # the project image's `segpipe entry` stays the default
+
+
+def test_model_tarball_has_the_weights_at_its_root_and_is_reproducible(tmp_path):
+    from pipeline.submission.gc import model_tarball
+    from pipeline.weights import find_weights, load_weights
+
+    src = ROOT / "model_weights" / "flare_demo"
+    a = model_tarball(src, tmp_path / "a" / "model.tar.gz")
+    b = model_tarball(src, tmp_path / "b" / "model.tar.gz")
+    assert a.read_bytes() == b.read_bytes()
+    with tarfile.open(a) as tar:
+        names = tar.getnames()
+        assert "manifest.json" in names and all("/" not in n for n in names)
+        tar.extractall(tmp_path / "opt-ml-model", filter="data")
+    # what `segpipe entry` does with /opt/ml/model
+    assert load_weights(find_weights(tmp_path / "opt-ml-model", "flare"), "cpu").task == "flare"
+
+
+@pytest.mark.parametrize("target", ["grand-challenge", "brats2025"])
+def test_no_command_smoke_run_payload(tmp_path, target):
+    """The container is started as the platform starts it: no Cmd, no network, read-only /input,
+    non-root; grand-challenge also read-only root with a /tmp tmpfs, the model at /opt/ml/model,
+    and /dev/shm left at the default. The fake engine plays the container's part."""
+    from fake_docker import FakeDockerEngine
+
+    from pipeline.submission.image import smoke_run
+
+    def play(engine, container):
+        out = Path(container.binds["/output"])
+        if target == "grand-challenge":
+            (out / "images" / "seg").mkdir(parents=True)
+            (out / "images" / "seg" / "x.mha").write_bytes(b"")
+        else:
+            (out / "BraTS-x.nii.gz").write_bytes(b"")
+
+    model = tmp_path / "model"
+    model.mkdir()
+    with FakeDockerEngine(on_start=play) as engine:
+        inputs, outputs, _ = smoke_run(engine.client(), "team:latest", target, tmp_path / "w", "1000:1000",
+                                       model_dir=model if target == "grand-challenge" else None)
+        create = engine.last("POST", "/containers/create").json
+    assert create["Image"] == "team:latest" and not create.get("Cmd")
+    assert create["User"] == "1000:1000"
+    host = create["HostConfig"]
+    assert host["NetworkMode"] == "none" and "ShmSize" not in host
+    binds = set(host["Binds"])
+    assert f"{inputs}:/input:ro" in binds and f"{outputs}:/output:rw" in binds
+    if target == "grand-challenge":
+        assert f"{model}:/opt/ml/model:ro" in binds
+        assert host["ReadonlyRootfs"] is True and host["Tmpfs"] == {"/tmp": ""}
+        manifest = json.loads((inputs / "inputs.json").read_text())
+        slug = manifest[0]["socket"]["relative_path"].split("/")[1]
+        images = list((inputs / "images" / slug).glob("*.mha"))
+        assert len(images) == 1 and manifest[0]["image"]["name"] == images[0].name
+    else:
+        (case,) = [p for p in inputs.iterdir() if p.is_dir()]
+        tags = sorted(p.name.rsplit("-", 1)[1] for p in case.iterdir())
+        assert tags == ["t1c.nii.gz", "t2f.nii.gz", "t2w.nii.gz"]  # t1n left out on purpose, no seg
+
+
+def test_package_target_must_fit_the_task(capsys):
+    from pipeline.cli import main
+
+    weights = str(ROOT / "model_weights" / "flare_demo")
+    assert main(["package", "--task", "flare", "--target", "brats2025", "--weights", weights, "--no-image"]) == 2
+    assert "--target brats2025 serves --task brats" in capsys.readouterr().err
+    assert main(["package", "--task", "flare", "--target", "grand-challenge", "--weights", weights, "--no-image"]) == 2
+    assert "needs --gc-output-slug" in capsys.readouterr().err
+
+
 def test_package_no_image_verifies_weights(tmp_path, capsys):
     from pipeline.cli import main
 
@@ -81,23 +156,30 @@ def test_save_image_writes_loadable_lowercase_tarball(docker_client, tmp_path):
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("task", ["flare", "brats"])
-def test_package_builds_and_smoke_runs(docker_client, segpipe_image, tmp_path, monkeypatch, capsys, task):
+@pytest.mark.parametrize(("task", "target"), [("flare", "flare"), ("brats", "mlcube"), ("flare", "grand-challenge"),
+                                              ("brats", "brats2025")])
+def test_package_builds_and_smoke_runs(docker_client, segpipe_image, tmp_path, monkeypatch, capsys, task, target):
     """The real thing: FROM the project image + the demo weights, one synthetic case through the
-    organisers' entry (FLARE `sh predict.sh`, BraTS MLCube `infer` with t1n missing) without
-    network as uid 1000, output checked against the contract."""
+    platform's start (FLARE `sh predict.sh`, MLCube `infer` with t1n missing, grand-challenge and
+    BraTS 2025 with no command, /input read-only; grand-challenge also with a read-only root, the
+    model tarball at /opt/ml/model and only /tmp writable) without network as uid 1000, output
+    checked against the contract (grand-challenge: images/<slug>/<uuid>.mha in the input grid)."""
     from pipeline.cli import main
 
     monkeypatch.setenv("SEGPIPE_IMAGE", segpipe_image)
+    extra = ["--gc-output-slug", "abdominal-organ-segmentation"] if target == "grand-challenge" else []
     try:
-        rc = main(["package", "--task", task, "--weights", str(ROOT / "model_weights" / f"{task}_demo"),
+        rc = main(["package", "--task", task, "--target", target, *extra,
+                   "--weights", str(ROOT / "model_weights" / f"{task}_demo"),
                    "--team", "SegPipeCI", "--out", str(tmp_path / "sub"), "--no-save", "--user", "1000:1000"])
         out = capsys.readouterr().out
         assert rc == 0, out
-        assert "smoke run of segpipeci:latest passed (1 case(s)" in out
-        assert (tmp_path / "sub" / "mlcube" / "mlcube.yaml").is_file() == (task == "brats")
+        assert f"smoke run of segpipeci:latest as {target} starts it passed (1 case(s)" in out
+        assert (tmp_path / "sub" / "mlcube" / "mlcube.yaml").is_file() == (target == "mlcube")
+        assert (tmp_path / "sub" / "model.tar.gz").is_file() == (target == "grand-challenge")
         image = docker_client.images.get("segpipeci:latest")
-        assert image.labels["org.segpipe.task"] == task
+        assert image.labels["org.segpipe.task"] == task and image.labels["org.segpipe.target"] == target
+        assert image.attrs["Config"]["Cmd"] == ["segpipe", "entry"]
         assert f"SEGPIPE_WEIGHTS={WEIGHTS_IN_IMAGE}" in image.attrs["Config"]["Env"]
         assert image.attrs["Config"]["User"] == "1000:1000"
     finally:

@@ -3,6 +3,7 @@
 
   segpipe evaluate flare --pred DIR --gt DIR [--json FILE] [--csv FILE] [--report DIR]
   segpipe evaluate brats --pred DIR --gt DIR --convention legacy|2023 [--lesionwise]
+  segpipe evaluate brats --pred DIR --gt DIR --convention 2025
   segpipe evaluate efficiency --image IMAGE --inputs DIR [--outputs DIR] [--gt DIR]
   segpipe evaluate efficiency --local predict.sh --inputs DIR ...
 
@@ -25,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", metavar="DIR", help="write report.html (self-contained) and its PNGs here")
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="parallel cases (default 2)")
     brats = parser.add_argument_group("brats")
-    brats.add_argument("--convention", choices=["legacy", "2023"], default="2023",
-                       help="legacy: labels 1/2/4, medpy HD95, 373.13; 2023: labels 1/2/3, DeepMind HD95, 374")
+    brats.add_argument("--convention", choices=["legacy", "2023", "2025"], default="2023",
+                       help="legacy: labels 1/2/4, medpy HD95, 373.13; 2023: labels 1/2/3, DeepMind HD95, 374; "
+                            "2025: the organisers' brats-evaluation (ET/TC/WT/NETC/SNFH/RC, global + lesion-wise "
+                            "DSC/NSD/HD95, TP/FP/FN; always lesion-wise)")
     brats.add_argument("--lesionwise", action="store_true", help="add the 2023 lesion-wise Dice/HD95")
     brats.add_argument("--challenge", choices=["GLI", "SSA", "PED", "MEN", "MET"], default="GLI",
                        help="lesion-wise dilation and volume threshold (default GLI: 3 iterations, 50 mm³)")
@@ -141,6 +144,8 @@ def _run_subsets(args: argparse.Namespace) -> int:
     from pipeline.errors import SegpipeError
 
     _require(args, "data")
+    if args.convention == "2025":
+        raise SegpipeError("--subsets scores with --convention 2023 or legacy (the model's output labels)")
     from evaluation.subsets import (
         evaluate_subsets,
         markdown_table,

@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["auto", "flare", "grand-challenge", "brats", "mlcube"], default="auto")
     parser.add_argument("--on-error", choices=["empty", "skip", "fail"], default="empty",
                         help="what a failed case gets: an empty mask in its grid (default), nothing, or stop the run")
-    parser.add_argument("--label-convention", choices=["2023", "legacy"], default=None,
-                        help="BraTS output labels: 2023 (1,2,3) or legacy (1,2,4); default: task.label_convention")
+    parser.add_argument("--label-convention", choices=["2023", "legacy", "brats2024"], default=None,
+                        help="BraTS output labels: 2023 (1,2,3), legacy (1,2,4) or brats2024 (1,2,3 and 4 = "
+                             "resection cavity); default: task.label_convention")
     parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation (predict.mirror_axes)")
     parser.add_argument("--parameters-file", metavar="YAML", help="MLCube parameters file (see `infer`)")
     add_config_arguments(parser)

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise SegpipeError("--workers must be at least 1")
     config, task = _config_for(args)
-    outcome = run_prepare(args.data, args.work, config.prepare, task=task, workers=args.workers)
+    outcome = run_prepare(args.data, args.work, config.prepare, task=task, workers=args.workers,
+                          label_convention=config.task.label_convention)
     print_summary(outcome)
     return 1 if args.strict and outcome.failed else 0

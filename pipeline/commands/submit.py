@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", required=True, metavar="DIR")
     parser.add_argument("--input", metavar="DIR", help="the input folder of the predictions (names + geometry checks)")
     parser.add_argument("--zip", metavar="FILE", help="archive to write (default: <pred>.zip beside the folder)")
-    parser.add_argument("--label-convention", choices=["2023", "legacy"], default="2023", help="BraTS label values")
+    parser.add_argument("--label-convention", choices=["2023", "legacy", "brats2024"], default="2023",
+                        help="BraTS label values (brats2024: 1,2,3 and 4 = resection cavity)")
     parser.add_argument("--grand-challenge", action="store_true", help="upload through gcapi (dry run unless a token is given)")
     parser.add_argument("--archive", default=None, metavar="SLUG", help="grand-challenge archive slug")
     parser.add_argument("--token", default=None, help="grand-challenge API token (default: $GC_TOKEN)")

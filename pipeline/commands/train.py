@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception:  # a dry run only needs the config
             store = None
     config = resolve_config(store, args.config, args.overrides)
-    task = get_task(config.task.name)
+    task = get_task(config.task.name, config.task.label_convention)  # brats2024: + resection cavity
     if args.stage == "coarse":
         from coarse_seg.train import stage_spec
 

@@ -104,7 +104,7 @@ class Predictor:
 
             for sw in weights.stages.values():
                 use_onednn(sw.model)
-        if self.task.name == "brats" and options.label_convention not in ("2023", "legacy"):
+        if self.task.name == "brats" and options.label_convention not in ("2023", "legacy", "brats2024"):
             raise ValueError(f"unknown label convention {options.label_convention!r}")
 
     # stages -------------------------------------------------------------------------------

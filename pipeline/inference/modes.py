@@ -7,7 +7,11 @@
 |                 | legacy <ID>_{flair,t1,t1ce,t2}.nii.gz)              |                                         |
 | mlcube          | as brats, under --data_path                         | as brats, under --output_path           |
 
-Auto-detection (first match): IN/images/<slug>/ with .mha/.tif files → grand-challenge; BraTS
+grand-challenge: when IN/inputs.json is there (the platform writes it: a list of
+{"socket" | "interface": {"slug", "kind", "relative_path": "images/<slug>"}, ...}), only the
+image sockets it lists are read.
+
+Auto-detection (first match): IN/inputs.json or IN/images/<slug>/ with .mha/.tif files → grand-challenge; BraTS
 case folders → brats; IN/*_0000.<image suffix> → flare. Output paths are built from checked
 case ids (pipeline.fsutil.safe_child), so nothing is ever written outside OUT.
 """
@@ -18,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.brats_files import brats_case_dirs
 from pipeline.errors import SegpipeError
 from pipeline.fsutil import check_case_id, safe_child
 from pipeline.image_io import image_suffix, strip_image_suffix
@@ -80,14 +85,36 @@ def _gc_slugs(root: Path) -> list[Path]:
     return [d for d in sorted(images.iterdir()) if d.is_dir() and _files(d, GC_SUFFIXES)]
 
 
-def _is_brats(root: Path) -> bool:
-    from data_prepare.layouts import _brats_case_dirs
+def gc_image_sockets(root: Path) -> list[str] | None:
+    """Image socket slugs listed in IN/inputs.json (None: no manifest). Non-image sockets
+    (values, JSON files) are left out; a malformed manifest is a one-line error."""
+    manifest = root / "inputs.json"
+    if not manifest.is_file():
+        return None
+    import json
 
-    return bool(_brats_case_dirs(root))
+    try:
+        entries = json.loads(manifest.read_text())
+        if not isinstance(entries, list):
+            raise ValueError("top level is not a list")
+        slugs = []
+        for entry in entries:
+            socket = entry.get("socket") or entry.get("interface") or {}
+            relative = str(socket.get("relative_path") or "")
+            kind = str(socket.get("super_kind") or socket.get("kind") or "")
+            if relative.startswith("images/") and kind.lower() in ("image", ""):
+                slugs.append(relative.split("/", 1)[1].strip("/"))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise SegpipeError(f"{manifest}: not a grand-challenge inputs manifest ({exc})") from None
+    return slugs
+
+
+def _is_brats(root: Path) -> bool:
+    return bool(brats_case_dirs(root))
 
 
 def detect_mode(root: Path) -> str:
-    if _gc_slugs(root):
+    if (root / "inputs.json").is_file() or _gc_slugs(root):
         return "grand-challenge"
     if _is_brats(root):
         return "brats"
@@ -124,7 +151,16 @@ def plan_flare(root: Path, out: Path) -> InferencePlan:
 def plan_grand_challenge(root: Path, out: Path, output_slug: str | None = None) -> InferencePlan:
     """One case per image file; output next to the same uuid under images/<output_slug or slug>/."""
     plan = InferencePlan("grand-challenge", "flare", root, out)
-    for slug_dir in _gc_slugs(root):
+    listed = gc_image_sockets(root)
+    slug_dirs = _gc_slugs(root)
+    if listed is not None:
+        present = {d.name for d in slug_dirs}
+        for slug in listed:
+            if slug not in present:
+                plan.problems.append(Problem(slug, f"inputs.json lists image socket {slug!r} but "
+                                             f"{root}/images/{slug}/ holds no .mha file", None, None))
+        slug_dirs = [d for d in slug_dirs if d.name in listed]
+    for slug_dir in slug_dirs:
         slug = output_slug or slug_dir.name
         try:
             check_case_id(slug)

@@ -23,7 +23,7 @@ INTEGER_PIXELS = ("8-bit unsigned integer", "8-bit signed integer", "16-bit unsi
 def label_set(task: str, convention: str = "2023") -> set[int]:
     from pipeline.tasks import BRATS_2023_TO_LEGACY, get_task
 
-    labels = {0, *get_task(task).labels}
+    labels = {0, *get_task(task, convention).labels}
     if task == "brats" and convention == "legacy":
         labels = {BRATS_2023_TO_LEGACY[v] for v in labels}
     return labels
@@ -86,47 +86,62 @@ def check_case(pred: Path, reference: Path | None, allowed: set[int]) -> str | N
     return None
 
 
-def check_predictions(task: str, pred: str | Path, inputs: str | Path | None, *, convention: str = "2023") -> CheckResult:
-    """The contract check of a whole folder. Without `inputs` only names/types/labels are checked."""
+def _listing(pred: Path, mode: str) -> list[str]:
+    """Prediction files relative to `pred` (grand-challenge: everything below it; else top level)."""
+    if mode == "grand-challenge":
+        return sorted(p.relative_to(pred).as_posix() for p in pred.rglob("*")
+                      if p.is_file() and not p.name.startswith("."))
+    return sorted(p.name for p in pred.iterdir() if not p.name.startswith("."))
+
+
+def check_predictions(task: str, pred: str | Path, inputs: str | Path | None, *, convention: str = "2023",
+                      mode: str | None = None, gc_output_slug: str | None = None) -> CheckResult:
+    """The contract check of a whole folder. Without `inputs` only names/types/labels are checked.
+    `mode` defaults to the task's own (flare: flat `<case>.nii.gz`, brats: `<ID>.nii.gz`);
+    grand-challenge expects `images/<output slug>/<uuid>.mha`."""
     from pipeline.image_io import image_suffix
     from pipeline.inference.modes import plan_cases
 
     pred = Path(pred)
+    mode = mode or ("flare" if task == "flare" else "brats")
+    suffix = ".mha" if mode == "grand-challenge" else ".nii.gz"
     if not pred.is_dir():
         raise SegpipeError(f"prediction folder {pred}: not a folder")
     allowed = label_set(task, convention)
     result = CheckResult()
-    references: dict[str, Path | None] = {}
+    references: dict[str, Path | None] = {}  # expected file, relative to pred → the input whose grid it takes
     if inputs is not None:
-        plan = plan_cases(inputs, pred, "flare" if task == "flare" else "brats")
+        plan = plan_cases(inputs, pred, mode, gc_output_slug=gc_output_slug)
         for case in plan.cases:
             result.expected[case.case_id] = case.output
             present = case.present
-            references[case.output.name] = next(iter(present.values())) if present else None
+            references[case.output.relative_to(pred).as_posix()] = next(iter(present.values())) if present else None
         for problem in plan.problems:
             result.problems.append(f"input {problem.case_id}: {problem.reason}")
             if problem.output is not None:
                 result.expected[problem.case_id] = problem.output
-                references[problem.output.name] = problem.reference
+                references[problem.output.relative_to(pred).as_posix()] = problem.reference
         for case_id, out in sorted(result.expected.items()):
             if not out.is_file():
-                result.problems.append(f"{out.name}: missing (no prediction for input case {case_id})")
-    files = sorted(p for p in pred.iterdir() if not p.name.startswith("."))
+                result.problems.append(f"{out.relative_to(pred).as_posix()}: missing (no prediction for input case {case_id})")
+    files = _listing(pred, mode)
     if not files:
         result.problems.append(f"{pred}: no prediction files")
-    for path in files:
-        if path.is_dir() or image_suffix(path) != ".nii.gz":
-            result.problems.append(f"{path.name}: not a .nii.gz file (the contract is <case>.nii.gz)")
+    for name in files:
+        path = pred / name
+        if path.is_dir() or image_suffix(path) != suffix:
+            contract = "images/<slug>/<uuid>.mha" if mode == "grand-challenge" else "<case>.nii.gz"
+            result.problems.append(f"{name}: not a {suffix} file (the contract is {contract})")
             continue
-        if inputs is not None and path.name not in references:
-            result.problems.append(f"{path.name}: matches no input case (expected names: "
+        if inputs is not None and name not in references:
+            result.problems.append(f"{name}: matches no input case (expected names: "
                                    f"{', '.join(sorted(references)[:3])}{', …' if len(references) > 3 else ''})")
             continue
-        if task == "flare" and path.name.endswith("_0000.nii.gz"):
-            result.problems.append(f"{path.name}: FLARE outputs drop the _0000 channel suffix")
+        if task == "flare" and name.endswith("_0000.nii.gz"):
+            result.problems.append(f"{name}: FLARE outputs drop the _0000 channel suffix")
             continue
-        reason = check_case(path, references.get(path.name), allowed)
+        reason = check_case(path, references.get(name), allowed)
         result.checked += 1
         if reason:
-            result.problems.append(f"{path.name}: {reason}")
+            result.problems.append(f"{name}: {reason}")
     return result

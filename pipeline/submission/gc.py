@@ -52,3 +52,28 @@ def upload(plan: UploadPlan, token: str | None, client_factory: Any = None, spec
             raise SegpipeError(f"grand-challenge upload of {path.name} to {plan.archive!r} failed: "
                                f"{' '.join(str(exc).split())[:200]}") from None
     return items
+
+
+def model_tarball(weights: Path, dest: Path) -> Path:
+    """The model tarball an algorithm's "Models" page takes: the weights folder's files at the
+    archive root (grand-challenge extracts it to /opt/ml/model, where `segpipe entry` finds the
+    manifest). Sorted entries, fixed owner and times: the same weights give the same bytes."""
+    import gzip
+    import tarfile
+
+    from pipeline.fsutil import atomic_path
+
+    files = sorted(p for p in weights.rglob("*") if p.is_file())
+    if not files:
+        raise SegpipeError(f"{weights}: no weight files to pack")
+    with atomic_path(dest) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for path in files:
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(weights).as_posix())
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            info.mode = 0o644
+            with path.open("rb") as fh:
+                tar.addfile(info, fh)
+    return dest
