@@ -180,9 +180,9 @@ def pipeline_predictor(weights: str | Path | None, *, device: str = "auto", conv
     """predict(case, mask) through `pipeline.inference` with the files of unselected modalities dropped."""
     import tempfile
 
+    from pipeline.device import pick_device
     from pipeline.inference.engine import Options, Predictor
     from pipeline.inference.modes import InferenceCase
-    from pipeline.inference.runner import pick_device
     from pipeline.weights import default_weights_root, find_weights, load_weights
 
     dev = pick_device(device)

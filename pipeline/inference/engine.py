@@ -16,7 +16,6 @@ resampling of full-size logits is its known bottleneck, MIC-DKFZ/nnUNet#2540).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import preprocess as pp
+from pipeline.device import amp_dtype, autocast
 from pipeline.errors import CaseError
 from pipeline.inference.modes import InferenceCase
 from pipeline.inference.postprocess import TASK_DEFAULTS, PostprocessPlan, postprocess
@@ -58,13 +58,6 @@ class CaseResult:
     labels: np.ndarray  # canonical (z, y, x) uint8, output label convention
     reorientation: Any  # pipeline.image_io.Reorientation
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def _autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
-    if device.type != "cuda" or mode == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()) else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 def _divisor(model_cfg: dict[str, Any]) -> tuple[int, int, int]:
@@ -99,6 +92,7 @@ class Predictor:
         pp_cfg = options.postprocess if options.postprocess is not None else \
             weights.manifest.get("postprocess", TASK_DEFAULTS.get(self.task.name))
         self.post = PostprocessPlan.from_dict(pp_cfg)
+        self.amp_dtype = amp_dtype(device, options.amp)  # None on the CPU, whatever was asked for
         if device.type == "cpu":
             from pipeline.inference.cpu_conv import use_onednn
 
@@ -114,7 +108,7 @@ class Predictor:
         mt = torch.from_numpy(mask)[None].to(self.device)
 
         def forward(t: torch.Tensor) -> torch.Tensor:
-            with _autocast(self.device, self.opts.amp):
+            with autocast(self.device, self.amp_dtype):
                 return sw.model(t, mt)
 
         window = self.opts.window if stage == "fine" else "auto"

@@ -35,16 +35,6 @@ class RunResult:
         return 1 if self.failed else 0
 
 
-def pick_device(pref: str) -> Any:
-    import torch
-
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise SegpipeError("--device cuda: no CUDA device is available")
-    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def cpu_threads() -> int:
     """Cores this process may use (affinity/cgroup-aware where the OS tells)."""
     try:
@@ -106,6 +96,7 @@ def run_predict(input_dir: str | Path, output_dir: str | Path, *, weights: str |
                 gc_output_slug: str | None = None, num_threads: int | None = None) -> RunResult:
     import torch
 
+    from pipeline.device import pick_device
     from pipeline.image_io import from_canonical, write_image
     from pipeline.inference.engine import Options, Predictor
     from pipeline.weights import default_weights_root, find_weights, load_weights
