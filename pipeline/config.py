@@ -210,22 +210,37 @@ class TrainSection(Section):
 
 
 # --- inference (issue #5): `segpipe predict`; see pipeline/inference/ ---
-class ClassPostprocessSection(Section):
+# The postprocessing schema (rules: pipeline/inference/postprocess.py). Also read from a weights
+# manifest's `postprocess` entry and from the task defaults, through PostprocessPlan.from_dict.
+class ClassRule(Section):
     mode: Literal["largest", "threshold", "none"] = "largest"
     min_volume_mm3: float = Field(0.0, ge=0)
 
 
-class SmallLesionSection(Section):
+class SmallLesionRule(Section):
     label: int = Field(3, ge=1)  # internal id checked (BraTS 2023: 3 = ET)
     min_voxels: int = Field(500, ge=1)  # ShaSpec: ET < 500 voxels → necrotic core
     relabel_to: int = Field(1, ge=0)  # 1 = NCR (ShaSpec), 0 = background (PASSION ETPro)
 
 
-class PostprocessSection(Section):
-    default: ClassPostprocessSection = ClassPostprocessSection()
-    classes: dict[int, ClassPostprocessSection] = Field(default_factory=dict)  # per internal label id
+class PostprocessPlan(Section):
+    default: ClassRule = ClassRule()
+    classes: dict[int, ClassRule] = Field(default_factory=dict)  # per internal label id
     connectivity: Literal[6, 18, 26] = 26
-    small_lesion: SmallLesionSection | None = None
+    small_lesion: SmallLesionRule | None = None
+
+    def rule(self, label: int) -> ClassRule:
+        return self.classes.get(label, self.default)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "postprocess") -> PostprocessPlan:
+        """A plan from a mapping (a manifest's entry, a task default); None or {} → the defaults."""
+        if isinstance(data, PostprocessPlan):
+            return data
+        try:
+            return cls.model_validate(data or {})
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {_problems(exc)}") from None
 
 
 class PredictSection(Section):
@@ -237,7 +252,7 @@ class PredictSection(Section):
     z_window_mm: float | None = Field(240.0, gt=0)  # CSSN: ROI z-window around the main component
     roi_margin_mm: float | None = Field(None, ge=0)  # None → the margin the fine samples were prepared with
     amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
-    postprocess: PostprocessSection | None = None  # None → the weights' manifest, else the task default
+    postprocess: PostprocessPlan | None = None  # None → the weights' manifest, else the task default
     gc_output_slug: str | None = None  # grand-challenge output interface; None → the input's slug
     num_threads: int | None = Field(None, ge=1)  # None → the cores this process may use
 
@@ -302,8 +317,11 @@ def validate_config(data: dict[str, Any], source: str, overrides: list[str] | No
     try:
         return SegpipeConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{source}: {problems}") from None
+        raise ConfigError(f"{source}: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SegpipeConfig:

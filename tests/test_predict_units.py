@@ -31,7 +31,7 @@ def _blobs() -> np.ndarray:
 
 def test_largest_component_per_class_matches_scipy():
     lab = _blobs()
-    out = postprocess(lab.copy(), PostprocessPlan(ClassRule("largest")), (1.0, 1.0, 1.0))
+    out = postprocess(lab.copy(), PostprocessPlan(default=ClassRule(mode="largest")), (1.0, 1.0, 1.0))
     for c in (1, 2, 3):
         comps, n = ndimage.label(lab == c, structure=np.ones((3, 3, 3)))
         sizes = ndimage.sum_labels(np.ones_like(comps), comps, range(1, n + 1))
@@ -42,24 +42,24 @@ def test_largest_component_per_class_matches_scipy():
 def test_threshold_in_mm3_uses_the_spacing_and_per_class_rules():
     lab = _blobs()
     # voxel = 2 mm³: class 1's 8-voxel speck is 16 mm³ (< 20 → removed); class 2 keeps both (54 ≥ 20)
-    plan = PostprocessPlan(ClassRule("threshold", 20.0), {3: ClassRule("none")})
+    plan = PostprocessPlan(default=ClassRule(mode="threshold", min_volume_mm3=20.0), classes={3: ClassRule(mode="none")})
     out = postprocess(lab.copy(), plan, (1.0, 1.0, 2.0))
     assert np.count_nonzero(out == 1) == 800
     assert np.count_nonzero(out == 2) == 144 + 27
     assert np.count_nonzero(out == 3) == 27
     # the largest component is dropped too when it is below the volume threshold
-    out = postprocess(lab.copy(), PostprocessPlan(ClassRule("largest", 100.0)), (1.0, 1.0, 1.0))
+    out = postprocess(lab.copy(), PostprocessPlan(default=ClassRule(mode="largest", min_volume_mm3=100.0)), (1.0, 1.0, 1.0))
     assert np.count_nonzero(out == 3) == 0 and np.count_nonzero(out == 2) == 144
 
 
 def test_small_lesion_rule_relabels_whole_class_and_never_creates_overlap():
     lab = _blobs()
-    plan = PostprocessPlan(ClassRule("none"), small_lesion=SmallLesionRule(label=3, min_voxels=28, relabel_to=1))
+    plan = PostprocessPlan(default=ClassRule(mode="none"), small_lesion=SmallLesionRule(label=3, min_voxels=28, relabel_to=1))
     out = postprocess(lab.copy(), plan, (1.0, 1.0, 1.0))
     assert np.count_nonzero(out == 3) == 0
     assert np.array_equal(out == 1, (lab == 1) | (lab == 3))
     # above the threshold nothing changes
-    plan = PostprocessPlan(ClassRule("none"), small_lesion=SmallLesionRule(label=3, min_voxels=27, relabel_to=1))
+    plan = PostprocessPlan(default=ClassRule(mode="none"), small_lesion=SmallLesionRule(label=3, min_voxels=27, relabel_to=1))
     assert np.array_equal(postprocess(lab.copy(), plan, (1, 1, 1)), lab)
 
 
@@ -67,8 +67,26 @@ def test_plan_from_config_dict():
     plan = PostprocessPlan.from_dict({"default": {"mode": "threshold", "min_volume_mm3": 5},
                                       "classes": {"3": {"mode": "none"}}, "connectivity": 6,
                                       "small_lesion": {"label": 3, "min_voxels": 500, "relabel_to": 1}})
-    assert plan.rule(3).mode == "none" and plan.rule(1) == ClassRule("threshold", 5)
-    assert plan.connectivity == 6 and plan.small_lesion == SmallLesionRule(3, 500, 1)
+    assert plan.rule(3).mode == "none" and plan.rule(1) == ClassRule(mode="threshold", min_volume_mm3=5)
+    assert plan.connectivity == 6 and plan.small_lesion == SmallLesionRule(label=3, min_voxels=500, relabel_to=1)
+
+
+
+def test_one_postprocessing_schema_for_config_manifest_and_defaults():
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from pipeline.inference.postprocess import TASK_DEFAULTS, plan_for
+
+    cfg = load_config(None, ["predict.postprocess={default: {mode: none}, connectivity: 6}"])
+    assert isinstance(cfg.predict.postprocess, PostprocessPlan) and cfg.predict.postprocess.connectivity == 6
+    manifest = {"postprocess": {"default": {"mode": "threshold", "min_volume_mm3": 3}}}
+    assert plan_for("flare", cfg.predict.postprocess, manifest) is cfg.predict.postprocess  # config first
+    assert plan_for("flare", None, manifest).rule(1) == ClassRule(mode="threshold", min_volume_mm3=3)  # then manifest
+    assert plan_for("brats", None, {}) == TASK_DEFAULTS["brats"]  # then the task default
+    with pytest.raises(ConfigError, match=r"weights manifest postprocess: connectivity: .*6, 18 or 26"):
+        plan_for("flare", None, {"postprocess": {"connectivity": 4}})
+    with pytest.raises(ConfigError, match=r"predict\.postprocess\.default\.mode"):
+        load_config(None, ["predict.postprocess={default: {mode: biggest}}"])
 
 
 # sliding window ----------------------------------------------------------------------------

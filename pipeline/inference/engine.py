@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import preprocess as pp
+from pipeline.config import PostprocessPlan
 from pipeline.device import amp_dtype, autocast
 from pipeline.errors import CaseError
 from pipeline.inference.modes import InferenceCase
-from pipeline.inference.postprocess import TASK_DEFAULTS, PostprocessPlan, postprocess
+from pipeline.inference.postprocess import plan_for, postprocess
 from pipeline.inference.roi import roi_from_coarse
 from pipeline.inference.sliding_window import predict_grid
 from pipeline.log import get_logger
@@ -89,9 +90,8 @@ class Predictor:
         self.opts = options
         self.task = get_task(weights.task)
         self.prep = PrepareSection.model_validate(weights.preprocessing)
-        pp_cfg = options.postprocess if options.postprocess is not None else \
-            weights.manifest.get("postprocess", TASK_DEFAULTS.get(self.task.name))
-        self.post = PostprocessPlan.from_dict(pp_cfg)
+        configured = None if options.postprocess is None else PostprocessPlan.from_dict(options.postprocess)
+        self.post = plan_for(self.task.name, configured, weights.manifest)
         self.amp_dtype = amp_dtype(device, options.amp)  # None on the CPU, whatever was asked for
         if device.type == "cpu":
             from pipeline.inference.cpu_conv import use_onednn
