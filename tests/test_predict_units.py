@@ -244,3 +244,27 @@ def test_onednn_conv_patch_is_numerically_the_same():
         assert use_onednn(model) > 5
         got = model(x)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+# reading a case (shared by prepare and predict) ------------------------------------------------
+def test_case_images_are_canonical_and_reject_disagreeing_grids(tmp_path):
+    import SimpleITK as sitk
+
+    from pipeline.case_images import read_case_images
+    from pipeline.errors import CaseError
+
+    arr = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.8, 0.9, 2.5))
+    img.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, -1))  # x and z flipped relative to LPS+
+    sitk.WriteImage(img, str(tmp_path / "a.nii.gz"))
+    case = read_case_images("c1", {"t1": tmp_path / "a.nii.gz", "t2": None}, 1e-3)
+    assert case.channels["t2"] is None and case.shape == (4, 5, 6) and case.spacing_zyx == pytest.approx((2.5, 0.9, 0.8))
+    np.testing.assert_array_equal(case.channels["t1"], arr[::-1, :, ::-1])  # flips undone, no resampling
+    np.testing.assert_array_equal(case.reorientation.array_to_original(case.channels["t1"]), arr)
+    img.SetSpacing((0.8, 0.9, 3.0))
+    sitk.WriteImage(img, str(tmp_path / "b.nii.gz"))
+    with pytest.raises(CaseError, match="case c1: t2 grid differs from t1: spacing"):
+        read_case_images("c1", {"t1": tmp_path / "a.nii.gz", "t2": tmp_path / "b.nii.gz"}, 1e-3)
+    with pytest.raises(CaseError, match="case c1: no image file"):
+        read_case_images("c1", {"t1": None}, 1e-3)

@@ -1,8 +1,8 @@
 """One case through the two stages: read → canonical → normalise → coarse → ROI → fine →
 logits to the ROI grid (on the compute device) → argmax → postprocess → paste → write.
 
-Preprocessing is the training code itself: `data_prepare.validate.load_case` (validation,
-modality-grid agreement, canonical reorientation), `data_prepare.process.normalise` (CT window
+Preprocessing is the training code itself: `pipeline.case_images.read_case_images` (validation,
+modality-grid agreement, canonical reorientation; prepare's load_case reads through it too), `data_prepare.process.normalise` (CT window
 + z-score in the body mask / MRI z-score in the brain mask, at full resolution) and
 `pipeline.preprocess.resample_linear` for the coarse and fine grids, with the parameters stored
 in the weights' manifest — so inference cannot drift from what the networks were trained on.
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import preprocess as pp
+from pipeline.case_images import read_case_images
 from pipeline.config import PostprocessPlan
 from pipeline.device import amp_dtype, autocast
 from pipeline.errors import CaseError
@@ -171,9 +172,7 @@ class Predictor:
     # the case ------------------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, case: InferenceCase) -> CaseResult:
-        from data_prepare.layouts import CaseSource
         from data_prepare.process import normalise
-        from data_prepare.validate import load_case
 
         times: dict[str, float] = {}
         t = time.perf_counter()
@@ -182,8 +181,7 @@ class Predictor:
             raise CaseError(case.case_id, f"modalities {missing} are not inputs of the {self.weights.path.name} weights "
                                           f"({', '.join(self.task.modalities)})")
         images = {m: case.images.get(m) for m in self.task.modalities}
-        source = CaseSource(case.case_id, images, None, "test", {}, "none", "predict")
-        loaded = load_case(source, self.prep.geometry_tolerance)
+        loaded = read_case_images(case.case_id, images, self.prep.geometry_tolerance)
         reo = loaded.reorientation
         shape, spacing = loaded.shape, loaded.spacing_zyx
         image, body_box, _ = normalise(loaded, self.task, self.prep)
