@@ -244,8 +244,18 @@ class PostprocessPlan(Section):
 
 
 class PredictSection(Section):
+    """Every prediction setting, in one validated object: the config file's `predict:`, then an
+    MLCube parameters file, then `--set`, then explicit `segpipe predict` flags (explicit wins);
+    pipeline.commands.predict.predict_settings merges them, the Predictor and run_predict read it."""
+
+    weights: Path | None = None  # model_weights/<name> folder; None → the shipped weights of the task
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mode: Literal["auto", "flare", "grand-challenge", "brats", "mlcube"] = "auto"  # auto: detected from the input
+    on_error: Literal["empty", "skip", "fail"] = "empty"  # a failed case: empty mask, nothing, or stop the run
+    label_convention: Literal["2023", "legacy"] | None = None  # BraTS output labels; None → task.label_convention
     overlap: float = Field(0.5, ge=0, lt=1)  # sliding-window overlap (fine stage, when the ROI exceeds the patch)
     window: Literal["auto", "whole", "sliding"] = "auto"
+    window_batch: int = Field(1, ge=1)  # sliding windows per forward pass (MONAI's sw_batch_size)
     tta: bool = False  # mirror test-time augmentation over mirror_axes
     mirror_axes: list[Literal[0, 1, 2]] = Field(default_factory=lambda: [0, 1])  # z, y; never x (left/right organs)
     coarse_min_volume_mm3: float = Field(1000.0, ge=0)  # CSSN: coarse components below are ignored
@@ -255,6 +265,7 @@ class PredictSection(Section):
     postprocess: PostprocessPlan | None = None  # None → the weights' manifest, else the task default
     gc_output_slug: str | None = None  # grand-challenge output interface; None → the input's slug
     num_threads: int | None = Field(None, ge=1)  # None → the cores this process may use
+    upsample_chunk_floats: int = Field(1 << 24, ge=1)  # upsampled logits held at once (64 MB in fp32)
 
 
 class SegpipeConfig(Section):

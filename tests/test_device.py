@@ -74,12 +74,13 @@ def test_amp_on_the_cpu_is_fp32_without_autocast(fake_cuda):
 def test_the_predictor_takes_its_dtype_from_the_same_decision(fake_cuda, tmp_path):
     from predict_fixtures import make_random_weights
 
-    from pipeline.inference.engine import Options, Predictor
+    from pipeline.config import PredictSection
+    from pipeline.inference.engine import Predictor
     from pipeline.weights import load_weights
 
     weights = load_weights(make_random_weights(tmp_path / "w"))
     cuda = torch.device("cuda", 0)
-    assert Predictor(weights, cuda, Options(amp="auto")).amp_dtype == torch.bfloat16
+    assert Predictor(weights, cuda, PredictSection(amp="auto")).amp_dtype == torch.bfloat16
     fake_cuda(False)
-    assert Predictor(weights, cuda, Options(amp="auto")).amp_dtype == torch.float16
-    assert Predictor(weights, torch.device("cpu"), Options(amp="bf16")).amp_dtype is None
+    assert Predictor(weights, cuda, PredictSection(amp="auto")).amp_dtype == torch.float16
+    assert Predictor(weights, torch.device("cpu"), PredictSection(amp="bf16")).amp_dtype is None

@@ -136,11 +136,12 @@ def test_mirror_tta_averages_flipped_predictions():
 
 # logits → label map ------------------------------------------------------------------------
 def test_chunked_separable_upsampling_equals_trilinear_then_argmax(tmp_path):
-    from pipeline.inference.engine import Options, Predictor
+    from pipeline.config import PredictSection
+    from pipeline.inference.engine import Predictor
     from pipeline.weights import load_weights as lw
 
     weights = lw(make_random_weights(tmp_path / "w"))
-    pred = Predictor(weights, torch.device("cpu"), Options(chunk_floats=5000))  # forces many chunks
+    pred = Predictor(weights, torch.device("cpu"), PredictSection(upsample_chunk_floats=5000))  # forces many chunks
     logits = torch.randn(14, 6, 9, 7)
     out_shape = (23, 31, 20)
     ref = F.interpolate(logits[None], size=out_shape, mode="trilinear", align_corners=False)[0].argmax(0)
