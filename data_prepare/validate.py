@@ -17,29 +17,20 @@ import numpy as np
 import SimpleITK as sitk
 
 from data_prepare.layouts import CaseSource
-from pipeline.case_images import read_case_file, read_case_images
+from pipeline.case_images import CanonicalGrid, read_case_file, read_case_images
 from pipeline.errors import CaseError
 from pipeline.fsutil import sha256_file
 from pipeline.image_io import Geometry, Reorientation
 
 
 @dataclass
-class LoadedCase:
+class LoadedCase(CanonicalGrid):
     source: CaseSource
     channels: dict[str, np.ndarray | None]  # canonical (z, y, x), raw dtype; None = missing
     label: np.ndarray | None  # canonical (z, y, x) uint8, internal ids
     reorientation: Reorientation
     files: dict[str, dict[str, Any]]  # role → {path, sha256, bytes}
     label_voxels: dict[str, int]  # internal label id → voxel count
-
-    @property
-    def spacing_zyx(self) -> tuple[float, float, float]:
-        sp = self.reorientation.canonical.spacing
-        return (sp[2], sp[1], sp[0])
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.reorientation.canonical.shape_zyx
 
 
 def file_info(path: Path) -> dict[str, Any]:

@@ -19,12 +19,10 @@ from pipeline.errors import CaseError, ImageError
 from pipeline.image_io import Geometry, Reorientation, read_image, reorientation_for
 
 
-@dataclass
-class CaseImages:
-    case_id: str
-    channels: dict[str, np.ndarray | None]  # canonical (z, y, x), raw dtype; None = missing
+class CanonicalGrid:
+    """Shape and spacing of the canonical (z, y, x) grid of anything that holds a `reorientation`."""
+
     reorientation: Reorientation
-    geometry: Geometry  # the grid every present modality shares (ITK order, as read)
 
     @property
     def spacing_zyx(self) -> tuple[float, float, float]:
@@ -34,6 +32,14 @@ class CaseImages:
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.reorientation.canonical.shape_zyx
+
+
+@dataclass
+class CaseImages(CanonicalGrid):
+    case_id: str
+    channels: dict[str, np.ndarray | None]  # canonical (z, y, x), raw dtype; None = missing
+    reorientation: Reorientation
+    geometry: Geometry  # the grid every present modality shares (ITK order, as read)
 
 
 def read_case_file(case_id: str, role: str, path: Path) -> sitk.Image:
