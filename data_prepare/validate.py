@@ -17,13 +17,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from data_prepare.layouts import CaseSource
-from pipeline.errors import CaseError, ImageError
+from pipeline.case_images import CanonicalGrid, read_case_file, read_case_images
+from pipeline.errors import CaseError
 from pipeline.fsutil import sha256_file
-from pipeline.image_io import Geometry, Reorientation, read_image, reorientation_for
+from pipeline.image_io import Geometry, Reorientation
 
 
 @dataclass
-class LoadedCase:
+class LoadedCase(CanonicalGrid):
     source: CaseSource
     channels: dict[str, np.ndarray | None]  # canonical (z, y, x), raw dtype; None = missing
     label: np.ndarray | None  # canonical (z, y, x) uint8, internal ids
@@ -31,26 +32,10 @@ class LoadedCase:
     files: dict[str, dict[str, Any]]  # role → {path, sha256, bytes}
     label_voxels: dict[str, int]  # internal label id → voxel count
 
-    @property
-    def spacing_zyx(self) -> tuple[float, float, float]:
-        sp = self.reorientation.canonical.spacing
-        return (sp[2], sp[1], sp[0])
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.reorientation.canonical.shape_zyx
-
 
 def file_info(path: Path) -> dict[str, Any]:
     st = os.stat(path)
     return {"path": str(path), "bytes": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": sha256_file(path)}
-
-
-def _read(source: CaseSource, role: str, path: Path) -> sitk.Image:
-    try:
-        return read_image(path)
-    except ImageError as exc:
-        raise CaseError(source.case_id, f"{role} {Path(exc.path).name}: {exc.reason}") from None
 
 
 def _label_array(source: CaseSource, image: sitk.Image) -> np.ndarray:
@@ -94,39 +79,16 @@ def map_labels(source: CaseSource, array: np.ndarray) -> tuple[np.ndarray, dict[
 
 
 def load_case(source: CaseSource, tolerance: float) -> LoadedCase:
-    present = {m: p for m, p in source.images.items() if p is not None}
-    if not present:
-        raise CaseError(source.case_id, "no image file")
-    images: dict[str, sitk.Image] = {}
-    ref_name, ref_geo = "", None
-    for modality, path in present.items():
-        image = _read(source, modality, path)
-        geo = Geometry.of(image)
-        if ref_geo is None:
-            ref_name, ref_geo = modality, geo
-        else:
-            diffs = ref_geo.differences(geo, tolerance)
-            if diffs:
-                raise CaseError(source.case_id, f"{modality} grid differs from {ref_name}: {'; '.join(diffs)}")
-        images[modality] = image
-    assert ref_geo is not None
-    reo = reorientation_for(ref_geo)
-    channels: dict[str, np.ndarray | None] = {m: None for m in source.images}
-    for modality, image in images.items():
-        view = sitk.GetArrayViewFromImage(image)
-        canonical = reo.array_to_canonical(view)
-        # identity orientation returns the view itself, which dies with the image
-        channels[modality] = canonical.copy() if np.shares_memory(canonical, view) else canonical
-    del images
-    files = {m: file_info(p) for m, p in present.items()}
+    images = read_case_images(source.case_id, source.images, tolerance)
+    files = {m: file_info(p) for m, p in source.images.items() if p is not None}
     label, voxels = None, {}
     if source.label is not None:
-        label_image = _read(source, "label", source.label)
-        diffs = ref_geo.differences(Geometry.of(label_image), tolerance)
+        label_image = read_case_file(source.case_id, "label", source.label)
+        diffs = images.geometry.differences(Geometry.of(label_image), tolerance)
         if diffs:
             raise CaseError(source.case_id, f"label grid differs from the image: {'; '.join(diffs)}")
         mapped, voxels = map_labels(source, _label_array(source, label_image))
         del label_image
-        label = reo.array_to_canonical(mapped)
+        label = images.reorientation.array_to_canonical(mapped)
         files["label"] = file_info(source.label)
-    return LoadedCase(source, channels, label, reo, files, voxels)
+    return LoadedCase(source, images.channels, label, images.reorientation, files, voxels)

@@ -195,25 +195,6 @@ class RunOutcome:
     error: str | None = None  # the engine refused (bad image, GPU not available, ...)
 
 
-def device_requests(gpus: str | None) -> list[Any] | None:
-    """`--gpus` as the docker CLI reads it: all, N, device=I[,J], none."""
-    import docker
-
-    if gpus is None or gpus in ("none", ""):
-        return None
-    if gpus == "auto":
-        return device_requests("all") if shutil.which("nvidia-smi") else None
-    if gpus == "all":
-        return [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    if gpus.isdigit():
-        return [docker.types.DeviceRequest(count=int(gpus), capabilities=[["gpu"]])]
-    if gpus.startswith("device="):
-        ids = [v.strip() for v in gpus.split("=", 1)[1].strip("\"'").split(",") if v.strip()]
-        if ids:
-            return [docker.types.DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
-    raise SegpipeError(f"--gpus {gpus!r}: use auto, all, none, a count, or device=I[,J]")
-
-
 def gpu_index(gpus: str | None) -> int:
     """The device the sampler watches: the first one `--gpus device=...` names, else 0."""
     if gpus and gpus.startswith("device="):
@@ -221,38 +202,6 @@ def gpu_index(gpus: str | None) -> int:
         if first.isdigit():
             return int(first)
     return 0
-
-
-def container_kwargs(
-    image: str,
-    inputs: Path,
-    outputs: Path,
-    *,
-    name: str,
-    command: tuple[str, ...] = FLARE_COMMAND,
-    gpus: str | None = "auto",
-    shm_size: str | None = None,
-    memory: str | None = None,
-    network: str | None = None,
-) -> dict[str, Any]:
-    """Arguments for `client.containers.create`, equivalent to the organisers' command line."""
-    kwargs: dict[str, Any] = {
-        "image": image,
-        "command": list(command),
-        "name": name,
-        "volumes": [f"{inputs}:{CONTAINER_INPUTS}", f"{outputs}:{CONTAINER_OUTPUTS}"],
-        "detach": True,
-    }
-    requests = device_requests(gpus)
-    if requests:
-        kwargs["device_requests"] = requests
-    if shm_size:
-        kwargs["shm_size"] = shm_size
-    if memory:
-        kwargs["mem_limit"] = memory
-    if network:
-        kwargs["network_mode"] = network
-    return kwargs
 
 
 def _tail(data: bytes | str, limit: int = 4000) -> str:
@@ -312,6 +261,80 @@ def run_local(predict_sh: Path, workdir: Path, time_limit: float | None) -> RunO
             os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         return RunOutcome(None, True, time.perf_counter() - t0, _tail(out))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What each case may use. A case still running after `time_s` is killed and scored as
+    stuck; `shm_size`/`memory` are docker's (`--shm-size`, `-m`; FLARE23/24: 28g each)."""
+
+    time_s: float | None = 3600.0
+    shm_size: str | None = None
+    memory: str | None = None
+
+
+@dataclass
+class DockerImage:
+    """Each case in a fresh container of `image`, the organisers' `docker run`."""
+
+    client: Any
+    image: str
+    gpus: str | None = "auto"  # auto | all | none | N | device=I[,J]
+    network: str | None = None  # docker's default bridge, as the organisers
+    command: tuple[str, ...] = FLARE_COMMAND
+    mode = "docker"
+
+    @classmethod
+    def connect(cls, image: str, **kwargs: Any) -> DockerImage:
+        """The engine of DOCKER_HOST, with `image` already loaded on it."""
+        from pipeline.docker_engine import connect, require_image
+
+        client = connect(hint="set DOCKER_HOST or use --local")
+        require_image(client, image, "docker load < team.tar.gz first")
+        return cls(client, image, **kwargs)
+
+    def gpu_index(self) -> int:
+        return gpu_index(self.gpus)
+
+    def run(self, workdir: Path, limits: Limits) -> RunOutcome:
+        from pipeline.docker_engine import container_kwargs
+
+        kwargs = container_kwargs(
+            image=self.image, command=list(self.command), name=f"segpipe-eff-{workdir.name}",
+            volumes=[f"{workdir / 'inputs'}:{CONTAINER_INPUTS}", f"{workdir / 'outputs'}:{CONTAINER_OUTPUTS}"],
+            gpus=self.gpus, shm_size=limits.shm_size, memory=limits.memory, network=self.network,
+        )
+        return run_container(self.client, kwargs, limits.time_s)
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode, "image": self.image, "predict_sh": None, "command": list(self.command),
+                "gpus": self.gpus, "network": self.network}
+
+
+@dataclass
+class LocalScript:
+    """Each case through `sh predict.sh` as a plain process (no container, no docker limits)."""
+
+    predict_sh: Path
+    mode = "local"
+
+    def __post_init__(self) -> None:
+        self.predict_sh = Path(self.predict_sh)
+        if not self.predict_sh.is_file():
+            raise SegpipeError(f"--local {self.predict_sh}: no such file")
+
+    def gpu_index(self) -> int:
+        return 0
+
+    def run(self, workdir: Path, limits: Limits) -> RunOutcome:
+        return run_local(self.predict_sh.resolve(), workdir, limits.time_s)
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode, "image": None, "predict_sh": str(self.predict_sh),
+                "command": ["sh", str(self.predict_sh)], "gpus": None, "network": None}
+
+
+CaseRunner = DockerImage | LocalScript
 
 
 # --------------------------------------------------------------------------------------
@@ -401,34 +424,14 @@ def _case_record(case: str, outcome: RunOutcome, timeline: Timeline, outputs: li
 FIGURES = ("time_s", "max_gpu_mb", "auc_gpu", "auc_gpu_over_2gb", "max_cpu", "auc_cpu", "max_ram_mb", "auc_ram")
 
 
-def measure(
-    *,
-    inputs: str | Path,
-    image: str | None = None,
-    local: str | Path | None = None,
-    outputs: str | Path | None = None,
-    gpus: str | None = "auto",
-    time_limit: float | None = 3600.0,
-    shm_size: str | None = None,
-    memory: str | None = None,
-    network: str | None = None,
-    interval: float = 0.1,
-    command: tuple[str, ...] = FLARE_COMMAND,
-    gt_dir: str | Path | None = None,
-    workers: int = 2,
-    client: Any = None,
-) -> dict[str, Any]:
-    """Run every case alone, as the organisers do, and return the efficiency document."""
+def measure(inputs: str | Path, runner: CaseRunner, limits: Limits = Limits(), *, outputs: str | Path | None = None,
+            interval: float = 0.1, gt_dir: str | Path | None = None, workers: int = 2) -> dict[str, Any]:
+    """Run every case alone through `runner`, as the organisers do, and return the efficiency
+    document; with `gt_dir` the collected outputs are scored too (FLARE DSC/NSD)."""
     cases = discover_cases(inputs)
-    if (image is None) == (local is None):
-        raise SegpipeError("give exactly one of an image (docker) or a local predict.sh")
-    if local is not None and not Path(local).is_file():
-        raise SegpipeError(f"--local {local}: no such file")
     if interval <= 0:
         raise SegpipeError("--interval must be positive")
-    if local is None and client is None:
-        client = _docker_client(image)  # type: ignore[arg-type]
-    probe, gpu_reason = GpuMemoryProbe.detect(gpu_index(gpus if local is None else None))
+    probe, gpu_reason = GpuMemoryProbe.detect(runner.gpu_index())
     if probe is None:
         log.warning("GPU figures unavailable: %s", gpu_reason)
     dest = Path(outputs) if outputs else None
@@ -436,38 +439,16 @@ def measure(
         raise SegpipeError(f"--outputs {dest}: not empty (old predictions would mix with this run's)")
     scratch = Path(tempfile.mkdtemp(prefix="segpipe-efficiency-"))
     collect = dest or (scratch / "collected" if gt_dir else None)
-    records = []
     t_all = time.perf_counter()
     try:
-        for case, source in cases:
-            workdir = scratch / f"{case}-{uuid.uuid4().hex[:8]}"
-            workdir.mkdir()
-            _stage_case(source, workdir)
-            log.info("case %s: running", case)
-            with Sampler(interval, probe) as sampler:
-                if local is not None:
-                    outcome = run_local(Path(local).resolve(), workdir, time_limit)
-                else:
-                    kwargs = container_kwargs(
-                        image, workdir / "inputs", workdir / "outputs",  # type: ignore[arg-type]
-                        name=f"segpipe-eff-{workdir.name}", command=command, gpus=gpus,
-                        shm_size=shm_size, memory=memory, network=network,
-                    )
-                    outcome = run_container(client, kwargs, time_limit)
-            produced = [] if outcome.timed_out else _collect_outputs(workdir, collect)
-            record = _case_record(case, outcome, sampler.timeline, produced)
-            log.info("case %s: %s in %.1f s", case, record["status"], outcome.wall_s)
-            records.append(record)
-            shutil.rmtree(workdir, ignore_errors=True)
+        records = [_measure_case(case, source, scratch, runner, limits, (interval, probe), collect)
+                   for case, source in cases]
+        about = runner.describe()
         results: dict[str, Any] = {
-            "task": "efficiency",
-            "mode": "local" if local is not None else "docker",
-            "image": image,
-            "predict_sh": str(local) if local is not None else None,
-            "command": list(command) if local is None else ["sh", str(local)],
-            "settings": {"gpus": gpus, "time_limit_s": time_limit, "shm_size": shm_size, "memory": memory,
-                         "network": network, "interval_s": interval, "gpu_allowance_mb": GPU_ALLOWANCE_MB,
-                         "stuck_scores": STUCK_SCORES},
+            "task": "efficiency", **{k: about[k] for k in ("mode", "image", "predict_sh", "command")},
+            "settings": {"gpus": about["gpus"], "time_limit_s": limits.time_s, "shm_size": limits.shm_size,
+                         "memory": limits.memory, "network": about["network"], "interval_s": interval,
+                         "gpu_allowance_mb": GPU_ALLOWANCE_MB, "stuck_scores": STUCK_SCORES},
             "gpu": {"available": probe is not None, "source": gpu_reason},
             "cases": records,
             "mean": {k: _mean([r.get(k) for r in records]) for k in FIGURES},
@@ -482,17 +463,25 @@ def measure(
     return results
 
 
+def _measure_case(case: str, source: Path, scratch: Path, runner: CaseRunner, limits: Limits,
+                  sampling: tuple[float, GpuMemoryProbe | None], collect: Path | None) -> dict[str, Any]:
+    """One case staged alone in a fresh folder, run while sampled every `sampling[0]` s, its outputs collected."""
+    workdir = scratch / f"{case}-{uuid.uuid4().hex[:8]}"
+    workdir.mkdir()
+    _stage_case(source, workdir)
+    log.info("case %s: running", case)
+    with Sampler(*sampling) as sampler:
+        outcome = runner.run(workdir, limits)
+    produced = [] if outcome.timed_out else _collect_outputs(workdir, collect)
+    record = _case_record(case, outcome, sampler.timeline, produced)
+    log.info("case %s: %s in %.1f s", case, record["status"], outcome.wall_s)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return record
+
+
 def _mean(values: list[Any]) -> float | None:
     present = [float(v) for v in values if v is not None]
     return sum(present) / len(present) if present else None
-
-
-def _docker_client(image: str) -> Any:
-    from pipeline.docker_engine import connect, require_image
-
-    client = connect(hint="set DOCKER_HOST or use --local")
-    require_image(client, image, "docker load < team.tar.gz first")
-    return client
 
 
 # --------------------------------------------------------------------------------------

@@ -180,14 +180,15 @@ def pipeline_predictor(weights: str | Path | None, *, device: str = "auto", conv
     """predict(case, mask) through `pipeline.inference` with the files of unselected modalities dropped."""
     import tempfile
 
-    from pipeline.inference.engine import Options, Predictor
+    from pipeline.config import PredictSection
+    from pipeline.device import pick_device
+    from pipeline.inference.engine import Predictor
     from pipeline.inference.modes import InferenceCase
-    from pipeline.inference.runner import pick_device
     from pipeline.weights import default_weights_root, find_weights, load_weights
 
     dev = pick_device(device)
     loaded = load_weights(find_weights(weights if weights is not None else default_weights_root(), "brats"), dev)
-    opts = options or Options(label_convention=convention)
+    opts = options or PredictSection(label_convention=convention)
     predictor = Predictor(loaded, dev, opts)
     scratch = Path(tempfile.gettempdir()) / "segpipe-subsets"
 

@@ -270,36 +270,62 @@ class TrainSection(Section):
 
 
 # --- inference (issue #5): `segpipe predict`; see pipeline/inference/ ---
-class ClassPostprocessSection(Section):
+# The postprocessing schema (rules: pipeline/inference/postprocess.py). Also read from a weights
+# manifest's `postprocess` entry and from the task defaults, through PostprocessPlan.from_dict.
+class ClassRule(Section):
     mode: Literal["largest", "threshold", "none"] = "largest"
     min_volume_mm3: float = Field(0.0, ge=0)
 
 
-class SmallLesionSection(Section):
+class SmallLesionRule(Section):
     label: int = Field(3, ge=1)  # internal id checked (BraTS 2023: 3 = ET)
     min_voxels: int = Field(500, ge=1)  # ShaSpec: ET < 500 voxels → necrotic core
     relabel_to: int = Field(1, ge=0)  # 1 = NCR (ShaSpec), 0 = background (PASSION ETPro)
 
 
-class PostprocessSection(Section):
-    default: ClassPostprocessSection = ClassPostprocessSection()
-    classes: dict[int, ClassPostprocessSection] = Field(default_factory=dict)  # per internal label id
+class PostprocessPlan(Section):
+    default: ClassRule = ClassRule()
+    classes: dict[int, ClassRule] = Field(default_factory=dict)  # per internal label id
     connectivity: Literal[6, 18, 26] = 26
-    small_lesion: SmallLesionSection | None = None
+    small_lesion: SmallLesionRule | None = None
+
+    def rule(self, label: int) -> ClassRule:
+        return self.classes.get(label, self.default)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "postprocess") -> PostprocessPlan:
+        """A plan from a mapping (a manifest's entry, a task default); None or {} → the defaults."""
+        if isinstance(data, PostprocessPlan):
+            return data
+        try:
+            return cls.model_validate(data or {})
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {_problems(exc)}") from None
 
 
 class PredictSection(Section):
+    """Every prediction setting, in one validated object: the config file's `predict:`, then an
+    MLCube parameters file, then `--set`, then explicit `segpipe predict` flags (explicit wins);
+    pipeline.commands.predict.predict_settings merges them, the Predictor and run_predict read it."""
+
+    weights: Path | None = None  # model_weights/<name> folder; None → the shipped weights of the task
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mode: Literal["auto", "flare", "grand-challenge", "brats", "mlcube"] = "auto"  # auto: detected from the input
+    on_error: Literal["empty", "skip", "fail"] = "empty"  # a failed case: empty mask, nothing, or stop the run
+    label_convention: Literal["2023", "legacy", "brats2024"] | None = None  # BraTS output labels; None → task.label_convention
     overlap: float = Field(0.5, ge=0, lt=1)  # sliding-window overlap (fine stage, when the ROI exceeds the patch)
     window: Literal["auto", "whole", "sliding"] = "auto"
+    window_batch: int = Field(1, ge=1)  # sliding windows per forward pass (MONAI's sw_batch_size)
     tta: bool = False  # mirror test-time augmentation over mirror_axes
     mirror_axes: list[Literal[0, 1, 2]] = Field(default_factory=lambda: [0, 1])  # z, y; never x (left/right organs)
     coarse_min_volume_mm3: float = Field(1000.0, ge=0)  # CSSN: coarse components below are ignored
     z_window_mm: float | None = Field(240.0, gt=0)  # CSSN: ROI z-window around the main component
     roi_margin_mm: float | None = Field(None, ge=0)  # None → the margin the fine samples were prepared with
     amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
-    postprocess: PostprocessSection | None = None  # None → the weights' manifest, else the task default
+    postprocess: PostprocessPlan | None = None  # None → the weights' manifest, else the task default
     gc_output_slug: str | None = None  # grand-challenge output interface; None → the input's slug
     num_threads: int | None = Field(None, ge=1)  # None → the cores this process may use
+    upsample_chunk_floats: int = Field(1 << 24, ge=1)  # upsampled logits held at once (64 MB in fp32)
 
 
 class SegpipeConfig(Section):
@@ -362,8 +388,11 @@ def validate_config(data: dict[str, Any], source: str, overrides: list[str] | No
     try:
         return SegpipeConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{source}: {problems}") from None
+        raise ConfigError(f"{source}: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SegpipeConfig:

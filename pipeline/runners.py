@@ -98,25 +98,15 @@ def volumes_for(stage: Stage, folders: Folders) -> dict[str, dict[str, str]]:
 
 def container_kwargs(stage: Stage, folders: Folders, opts: DockerOptions, resume: bool) -> dict[str, Any]:
     """The containers.run arguments of one stage (kept separate so tests can read them)."""
-    kwargs: dict[str, Any] = {
-        "command": ["segpipe", *stage.render(container_path(folders), resume)],
-        "volumes": volumes_for(stage, folders),
-        "user": opts.user or default_user(),
-        "network_mode": "none",
-        "read_only": True,
-        "tmpfs": {"/tmp": ""},
-        "working_dir": "/workspace",
-        "environment": {"PYTHONUNBUFFERED": "1", **(opts.environment or {})},
-        "labels": {"org.segpipe.stage": stage.name},
-        "detach": True,
-    }
-    if stage.shm:
-        kwargs["shm_size"] = opts.shm_size
-    if opts.gpus and stage.gpu:
-        from docker.types import DeviceRequest
+    from pipeline.docker_engine import container_kwargs as docker_run
 
-        kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    return kwargs
+    return docker_run(
+        command=["segpipe", *stage.render(container_path(folders), resume)], volumes=volumes_for(stage, folders),
+        user=opts.user or default_user(), network="none", read_only=True, tmpfs={"/tmp": ""},
+        working_dir="/workspace", environment={"PYTHONUNBUFFERED": "1", **(opts.environment or {})},
+        labels={"org.segpipe.stage": stage.name}, shm_size=opts.shm_size if stage.shm else None,
+        gpus="all" if opts.gpus and stage.gpu else None,
+    )
 
 
 def _prepare_writable(stage: Stage, folders: Folders, user: str) -> None:

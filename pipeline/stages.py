@@ -1,4 +1,7 @@
-"""The stage graph: prepare → train-coarse → train-fine → export → predict → evaluate → package.
+"""The stage graph: prepare → train-coarse → train-fine → package → predict → evaluate → submit.
+
+A stage is named after the `segpipe` command it runs: `package` (`segpipe package --no-image`:
+WORK's trained stages → WORK/model_weights), `submit` (`segpipe submit`: the submission zip).
 
 Each stage is a `segpipe` command line over named folders (data, work, input, output, gt,
 config), so the same graph runs as local subprocesses or as containers of the project image
@@ -8,6 +11,8 @@ config), so the same graph runs as local subprocesses or as containers of the pr
 skips a stage whose key matches, reruns it (and everything after it) when the config or the
 data changed, and resumes a stage that was started with the same key but never finished
 (prepare skips prepared cases by itself, train continues from its last checkpoint).
+Until issue #17 those two stages were called `export` and `package`; a work folder with their
+markers is migrated on its next run (migrate_markers), so what was up to date stays so.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from pipeline.log import get_logger
 
 log = get_logger("run")
 
-STAGE_NAMES = ("prepare", "train-coarse", "train-fine", "export", "predict", "evaluate", "package")
+STAGE_NAMES = ("prepare", "train-coarse", "train-fine", "package", "predict", "evaluate", "submit")
+# stage → its name before issue #17 (markers written then are migrated by migrate_markers)
+FORMER_NAMES = {"package": "export", "submit": "package"}
 MARKER_DIR = ".stages"
-WEIGHTS_SUBDIR = "model_weights"  # WORK/model_weights: what `export` writes and `predict` reads
+WEIGHTS_SUBDIR = "model_weights"  # WORK/model_weights: what `package` writes and `predict` reads
 ROLES = ("data", "work", "input", "output", "gt", "config")
 
 # where each folder appears inside a container (the same as docker-compose.yml's services)
@@ -129,7 +136,7 @@ def build_graph(task: str, folders: Folders, overrides: Sequence[str] = (), *, l
         Stage("train-fine", ("train", "fine", "--work", Ref("work"), "--device", device, *cfg),
               {"work": "rw", "config": "ro"}, resume_flag="--resume", shm=True, gpu=True,
               outputs=(Ref("work", "train/fine"),)),
-        Stage("export", ("package", "--task", task, "--from-work", Ref("work"), "--weights", weights, "--no-image"),
+        Stage("package", ("package", "--task", task, "--from-work", Ref("work"), "--weights", weights, "--no-image"),
               {"work": "rw"}, outputs=(Ref("work", f"{WEIGHTS_SUBDIR}/manifest.json"),)),
         Stage("predict", ("predict", "-i", Ref("input"), "-o", Ref("output"), "--weights", weights,
                           "--device", device, *cfg),
@@ -148,7 +155,7 @@ def build_graph(task: str, folders: Folders, overrides: Sequence[str] = (), *, l
             ev += ["--images", Ref("input")]
             mounts["input"] = "ro"
         stages.append(Stage("evaluate", tuple(ev), mounts, inputs=("gt",), outputs=(Ref("work", "metrics.json"),)))
-    stages.append(Stage("package", ("submit", "--task", task, "--pred", Ref("output"), "--input", Ref("input"),
+    stages.append(Stage("submit", ("submit", "--task", task, "--pred", Ref("output"), "--input", Ref("input"),
                                     "--label-convention", label_convention,
                                     "--zip", Ref("work", f"submission/{task}.zip")),
                         {"output": "ro", "input": "ro", "work": "rw"},
@@ -190,9 +197,9 @@ def _key_argv(argv: Sequence[Arg]) -> list[str]:
     return out
 
 
-def stage_key(stage: Stage, folders: Folders, previous: str) -> str:
+def stage_key(stage: Stage, folders: Folders, previous: str, name: str | None = None) -> str:
     payload = {
-        "stage": stage.name,
+        "stage": name or stage.name,
         "argv": _key_argv(stage.argv),
         "config": hashlib.sha256(folders.config.read_bytes()).hexdigest(),
         "inputs": {r: folder_listing(folders.get(r)) for r in stage.inputs},
@@ -218,6 +225,28 @@ def write_marker(work: Path, stage: str, **fields: Any) -> None:
     path = marker_path(work, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(fields, indent=1) + "\n")
+
+
+def migrate_markers(stages: list[Stage], folders: Folders) -> None:
+    """Markers from before the rename (export → package, package → submit) move to the new names,
+    and every marker whose key is the one the old names gave is re-keyed, once; no stage reruns."""
+    work = folders.work
+    if read_marker(work, "export") is None:
+        return
+    submit = read_marker(work, "package")  # under the old names: the submission stage
+    if submit is not None:
+        write_marker(work, "submit", **submit)
+    write_marker(work, "package", **(read_marker(work, "export") or {}))
+    marker_path(work, "export").unlink()
+    old_previous = new_previous = ""
+    for stage in stages:
+        old_key = stage_key(stage, folders, old_previous, FORMER_NAMES.get(stage.name, stage.name))
+        new_key = stage_key(stage, folders, new_previous)
+        marker = read_marker(work, stage.name)
+        if marker is not None and marker.get("key") == old_key:
+            write_marker(work, stage.name, **{**marker, "key": new_key})
+        old_previous, new_previous = old_key, new_key
+    log.info("%s: stage markers renamed (export → package, package → submit)", work / MARKER_DIR)
 
 
 # running -----------------------------------------------------------------------------------
@@ -257,6 +286,7 @@ def run_graph(stages: list[Stage], folders: Folders, runner: Runner, *, start: s
     i, j = select(stages, start, stop)
     work = folders.work
     work.mkdir(parents=True, exist_ok=True)
+    migrate_markers(stages, folders)
     result = GraphResult()
     previous = ""
     forced = start is not None
@@ -300,6 +330,7 @@ def run_graph(stages: list[Stage], folders: Folders, runner: Runner, *, start: s
 
 def describe(stages: list[Stage], folders: Folders) -> list[str]:
     """One line per stage: its state and its command line on this host."""
+    migrate_markers(stages, folders)
     lines, previous = [], ""
     for stage in stages:
         key = stage_key(stage, folders, previous)

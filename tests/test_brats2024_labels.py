@@ -57,7 +57,7 @@ def test_brats2024_prepares_the_cavity_as_label_4(tmp_path, capsys):
 def test_brats2024_weights_predict_and_submit_label_4(tmp_path):
     from test_predict_modes import brats_case as input_case
 
-    from pipeline.inference.engine import Options
+    from pipeline.config import PredictSection
     from pipeline.inference.runner import run_predict
 
     weights = make_random_weights(tmp_path / "w" / "brats_rc", task="brats", coarse_size=(16, 16, 16),
@@ -88,8 +88,9 @@ def test_brats2024_weights_predict_and_submit_label_4(tmp_path):
     assert loaded.manifest["label_convention"] == "brats2024" and loaded.manifest["labels"]["4"] == "resection_cavity"
 
     input_case(tmp_path / "in", "BraTS-GLI-00008-100")
-    result = run_predict(tmp_path / "in", tmp_path / "out", weights=weights, device="cpu",
-                         options=Options(label_convention="brats2024", postprocess={"default": {"mode": "none"}}))
+    result = run_predict(tmp_path / "in", tmp_path / "out",
+                         PredictSection(weights=weights, device="cpu", label_convention="brats2024",
+                                        postprocess={"default": {"mode": "none"}}))
     assert result.written == ["BraTS-GLI-00008-100"]
     pred = tmp_path / "out" / "BraTS-GLI-00008-100.nii.gz"
     values = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(pred)))).tolist())

@@ -35,7 +35,7 @@ def test_demo_flare_end_to_end_small(tmp_path, monkeypatch, capsys):
     with zipfile.ZipFile(out / "submissions" / "flare.zip") as zf:
         assert zf.namelist() == ["FLARE22_Val_0001.nii.gz"]
     markers = sorted(p.stem for p in (out / "flare" / "work" / ".stages").glob("*.json"))
-    assert markers == sorted(["prepare", "train-coarse", "train-fine", "export", "predict", "evaluate", "package"])
+    assert markers == sorted(["prepare", "train-coarse", "train-fine", "package", "predict", "evaluate", "submit"])
     # a second run finds everything done
     assert main(["demo", "--out", str(out), "--tasks", "flare", "--epochs-scale", "0.1"]) == 0
     assert all(json.loads(p.read_text())["status"] == "done" for p in (out / "flare" / "work" / ".stages").glob("*"))

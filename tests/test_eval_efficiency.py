@@ -49,7 +49,7 @@ def inputs(tmp_path) -> Path:
 
 def test_create_payload_is_the_organisers_command_line(inputs, tmp_path):
     with FakeDockerEngine(on_start=copy_like_a_submission, logs=b"predicting\n") as engine:
-        res = E.measure(inputs=inputs, image="team:latest", outputs=tmp_path / "out", client=engine.client(), gpus="device=1")
+        res = E.measure(inputs, E.DockerImage(engine.client(), "team:latest", gpus="device=1"), outputs=tmp_path / "out")
         creates = engine.calls("POST", "/containers/create")
         assert len(creates) == 3  # a fresh container per case
         body = creates[0].json
@@ -99,8 +99,8 @@ def test_gpu_shm_memory_and_network_options(inputs, gpus, expected):
     single = inputs.parent / "one"
     write_case(single, "a_0000.nii.gz")
     with FakeDockerEngine(on_start=copy_like_a_submission) as engine:
-        E.measure(inputs=single, image="team:latest", client=engine.client(), gpus=gpus, shm_size="28g", memory="28g",
-                  network="none")
+        E.measure(single, E.DockerImage(engine.client(), "team:latest", gpus=gpus, network="none"),
+                  E.Limits(shm_size="28g", memory="28g"))
         host = engine.last("POST", "/containers/create").json["HostConfig"]
     got = host.get("DeviceRequests")
     assert got == expected  # the same payload as `docker run --gpus ...` (containers.md §7)
@@ -112,8 +112,8 @@ def test_timeout_kills_the_container_and_scores_it_as_stuck(inputs, tmp_path):
     single = tmp_path / "one"
     write_case(single, "slow_0000.nii.gz")
     with FakeDockerEngine(on_start=copy_like_a_submission, run_seconds=30) as engine:
-        res = E.measure(inputs=single, image="team:latest", outputs=tmp_path / "out", client=engine.client(), gpus="none",
-                        time_limit=1.0)
+        res = E.measure(single, E.DockerImage(engine.client(), "team:latest", gpus="none"), E.Limits(time_s=1.0),
+                        outputs=tmp_path / "out")
         assert [r.method + " " + r.path.split("/")[-1] for r in engine.calls("POST")][:4] == [
             "POST create", "POST start", "POST wait", "POST kill"]
         assert engine.calls("DELETE")
@@ -126,16 +126,16 @@ def test_timeout_kills_the_container_and_scores_it_as_stuck(inputs, tmp_path):
 
 def test_failed_container_and_engine_errors_do_not_stop_the_others(inputs):
     with FakeDockerEngine(exit_code=3, stderr=b"Traceback...\nRuntimeError: CUDA out of memory\n") as engine:
-        res = E.measure(inputs=inputs, image="team:latest", client=engine.client(), gpus="none")
+        res = E.measure(inputs, E.DockerImage(engine.client(), "team:latest", gpus="none"))
     assert [c["status"] for c in res["cases"]] == ["failed"] * 3
     assert res["cases"][0]["error"] == "exit code 3: RuntimeError: CUDA out of memory"
     refuse = {("POST", "/containers/create"): (500, 'could not select device driver "" with capabilities: [[gpu]]')}
     with FakeDockerEngine(fail=refuse) as engine:
-        res = E.measure(inputs=inputs, image="team:latest", client=engine.client(), gpus="all")
+        res = E.measure(inputs, E.DockerImage(engine.client(), "team:latest", gpus="all"))
     assert [c["status"] for c in res["cases"]] == ["error"] * 3
     assert "could not select device driver" in res["cases"][0]["error"]
     with FakeDockerEngine() as engine:  # exits 0 but writes nothing
-        res = E.measure(inputs=inputs, image="team:latest", client=engine.client(), gpus="none")
+        res = E.measure(inputs, E.DockerImage(engine.client(), "team:latest", gpus="none"))
     assert res["cases"][0]["status"] == "no-output"
 
 
@@ -177,22 +177,28 @@ def test_gpu_probe_reads_total_minus_free_of_the_device(tmp_path):
 
 
 def test_bad_gpus_value_is_a_clear_error(inputs):
+    from pipeline.docker_engine import device_requests
     from pipeline.errors import SegpipeError
 
     with pytest.raises(SegpipeError, match="--gpus 'gpu1'"):
-        E.device_requests("gpu1")
+        device_requests("gpu1")
 
 
 def test_local_mode_runs_predict_sh_per_case_with_the_same_accounting(inputs, tmp_path):
+    from pipeline.errors import SegpipeError
+
     script = tmp_path / "predict.sh"
     script.write_text(
         'set -eu\nls inputs | grep -c . > /dev/null\nfor f in "$SEGPIPE_INPUTS"/*_0000.nii.gz; do\n'
         '  b=$(basename "$f" _0000.nii.gz); cp "$f" "outputs/$b.nii.gz"\ndone\n'
         'case $(ls inputs) in *0002*) sleep 20;; esac\n'
     )
-    res = E.measure(inputs=inputs, local=script, outputs=tmp_path / "out", time_limit=1.5)
+    res = E.measure(inputs, E.LocalScript(script), E.Limits(time_s=1.5), outputs=tmp_path / "out")
     assert [c["status"] for c in res["cases"]] == ["ok", "ok", "timeout"]
-    assert res["mode"] == "local" and res["command"] == ["sh", str(script)]
+    assert res["mode"] == "local" and res["command"] == ["sh", str(script)] and res["predict_sh"] == str(script)
+    assert res["settings"]["time_limit_s"] == 1.5 and res["settings"]["gpus"] is None
+    with pytest.raises(SegpipeError, match=r"--local .*nope\.sh: no such file"):
+        E.LocalScript(tmp_path / "nope.sh")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["FLARETs_0000.nii.gz", "FLARETs_0001.nii.gz"]
     assert res["cases"][2]["time_s"] == 3600.0 and 1.4 < res["cases"][2]["measured"]["time_s"] < 10
 
@@ -246,8 +252,8 @@ def test_real_engine_runs_one_container_per_case(docker_client, segpipe_image, t
         write_case(tmp_path / "in", "case_a_0000.nii.gz")
         write_case(tmp_path / "in", "case_b_0000.nii.gz", value=2)
         write_case(tmp_path / "in", "case_slow_0000.nii.gz")
-        res = E.measure(inputs=tmp_path / "in", image=tag, outputs=tmp_path / "out", client=docker_client, gpus="none",
-                        network="none", time_limit=5)
+        res = E.measure(tmp_path / "in", E.DockerImage(docker_client, tag, gpus="none", network="none"),
+                        E.Limits(time_s=5), outputs=tmp_path / "out")
     finally:
         docker_client.images.remove(tag, force=True)
     status = {c["case"]: c["status"] for c in res["cases"]}

@@ -42,8 +42,8 @@ def test_mlcube_files(tmp_path):
     # what `infer --parameters_file` accepts: no unknown sections
     from pipeline.commands.predict import read_parameters
 
-    flat, overrides = read_parameters(str(params))
-    assert flat["label_convention"] == "legacy" and overrides == []
+    overrides = read_parameters(str(params))
+    assert overrides == ['predict.device="auto"', 'predict.on_error="empty"', 'predict.label_convention="legacy"']
 
 
 def test_dockerfile_bakes_weights_in_and_points_there():

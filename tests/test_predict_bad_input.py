@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from predict_fixtures import ct_volume, make_random_weights, save_image
 from test_predict_modes import brats_case
 
+from pipeline.config import PredictSection
 from pipeline.errors import SegpipeError
 from pipeline.inference.runner import run_predict
 
@@ -80,14 +81,14 @@ def test_on_error_empty_writes_a_mask_per_case_and_exits_nonzero(tmp_path, weigh
 def test_on_error_skip_and_fail(tmp_path, weights):
     inp = tmp_path / "in"
     bad_flare_inputs(inp)
-    result = run_predict(inp, tmp_path / "skip", weights=weights, device="cpu", on_error="skip")
+    result = run_predict(inp, tmp_path / "skip", PredictSection(weights=weights, device="cpu", on_error="skip"))
     assert result.exit_code == 1 and result.written == ["good"]
     assert sorted(c for c, _ in result.failed) == ["corrupt", "fourd", "garbage", "nan"]
     assert all("\n" not in reason for _, reason in result.failed)
     assert [p.name for p in (tmp_path / "skip").iterdir()] == ["good.nii.gz"]
     # cases run in name order and `corrupt` fails first: the run stops there, nothing written
     with pytest.raises(SegpipeError, match=r"case corrupt: .*truncated.*\(--on-error fail\)"):
-        run_predict(inp, tmp_path / "fail", weights=weights, device="cpu", on_error="fail")
+        run_predict(inp, tmp_path / "fail", PredictSection(weights=weights, device="cpu", on_error="fail"))
     assert not list((tmp_path / "fail").glob("*.nii.gz")) if (tmp_path / "fail").exists() else True
 
 
@@ -100,7 +101,7 @@ def test_brats_geometry_mismatch_fails_that_case_only(tmp_path, weights):
     sitk.WriteImage(image, str(bad / "BraTS-GLI-00002-000-t2w.nii.gz"))
     brats_case(inp, "BraTS-GLI-00003-000", modalities=("flair",))
     out = tmp_path / "out"
-    result = run_predict(inp, out, weights=weights, device="cpu")
+    result = run_predict(inp, out, PredictSection(weights=weights, device="cpu"))
     assert result.exit_code == 1 and sorted(result.written) == ["BraTS-GLI-00001-000", "BraTS-GLI-00003-000"]
     [(case, reason)] = result.failed
     assert case == "BraTS-GLI-00002-000" and "grid differs" in reason and "origin" in reason

@@ -21,6 +21,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from pipeline.config import PredictSection
 from pipeline.inference.runner import run_predict
 from pipeline.inference.synthetic import write_brats_case, write_flare_case
 from pipeline.weights import MANIFEST
@@ -48,7 +49,7 @@ def test_demo_weights_are_shipped_small_and_fp16():
 def test_flare_demo_segments_an_unseen_oblique_case(tmp_path):
     inp = tmp_path / "inputs"
     write_flare_case(inp / "case_0000.nii.gz", tmp_path / "case_gt.nii.gz", seed=5000, orientation="oblique")
-    result = run_predict(inp, tmp_path / "outputs", weights=FLARE_W, device="cpu")
+    result = run_predict(inp, tmp_path / "outputs", PredictSection(weights=FLARE_W, device="cpu"))
     assert result.written == ["case"]
     pred = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "outputs" / "case.nii.gz")))
     gt = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "case_gt.nii.gz")))
@@ -73,7 +74,7 @@ def test_brats_demo_segments_the_whole_tumour(tmp_path, brats_case, modalities):
     (tmp_path / "in" / cid).mkdir(parents=True)
     for tag in modalities:
         shutil.copy(brats_case / f"{cid}-{tag}.nii.gz", tmp_path / "in" / cid)
-    result = run_predict(tmp_path / "in", tmp_path / "out", weights=BRATS_W, device="cpu")
+    result = run_predict(tmp_path / "in", tmp_path / "out", PredictSection(weights=BRATS_W, device="cpu"))
     assert result.written == [cid]
     pred = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{cid}.nii.gz")))
     gt = sitk.GetArrayFromImage(sitk.ReadImage(str(brats_case / f"{cid}-seg.nii.gz")))

@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 from predict_fixtures import make_random_weights
 
+from pipeline.config import PredictSection
 from pipeline.image_io import Geometry, read_image, to_canonical
 from pipeline.inference.runner import run_predict
 from pipeline.inference.synthetic import write_flare_case
@@ -27,7 +28,7 @@ def flare_run(tmp_path_factory):
     inp = root / "in"
     for o in ORIENTATIONS:
         write_flare_case(inp / f"case-{o}_0000.nii.gz", None, seed=7, orientation=o)
-    result = run_predict(inp, root / "out", weights=weights, device="cpu")
+    result = run_predict(inp, root / "out", PredictSection(weights=weights, device="cpu"))
     return inp, root / "out", result
 
 
@@ -72,7 +73,7 @@ def test_sliding_window_path_end_to_end(tmp_path, monkeypatch):
     calls = []
     real = sliding_window.window_starts
     monkeypatch.setattr(sliding_window, "window_starts", lambda *a: calls.append(a) or real(*a))
-    result = run_predict(tmp_path / "in", tmp_path / "out", weights=weights, device="cpu")
+    result = run_predict(tmp_path / "in", tmp_path / "out", PredictSection(weights=weights, device="cpu"))
     assert result.written == ["c"]
     assert (32, 16, 0.5) in calls  # y and x were tiled with the 16-voxel patch at 50 % overlap
     src, pred = sitk.ReadImage(str(tmp_path / "in" / "c_0000.nii.gz")), read_image(tmp_path / "out" / "c.nii.gz")

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from predict_fixtures import ct_volume, make_random_weights, save_image
 
 from pipeline.cli import main
+from pipeline.config import PredictSection
 from pipeline.errors import SegpipeError
 from pipeline.inference.modes import detect_mode, plan_cases
 from pipeline.inference.runner import run_predict
@@ -44,7 +45,7 @@ def test_flare_naming(tmp_path, weights):
     save_image(ct_volume(seed=2), inp / "FLARE22_Ts_0002_0000.nii.gz")
     (inp / "README.txt").write_text("not an image")
     assert detect_mode(inp) == "flare"
-    result = run_predict(inp, tmp_path / "outputs", weights=weights["root"], device="cpu")
+    result = run_predict(inp, tmp_path / "outputs", PredictSection(weights=weights["root"], device="cpu"))
     assert sorted(result.written) == ["FLARE22_Ts_0001", "FLARE22_Ts_0002"] and not result.failed
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["FLARE22_Ts_0001.nii.gz", "FLARE22_Ts_0002.nii.gz"]
     assert sorted(p.name for p in inp.iterdir()) == ["FLARE22_Ts_0001_0000.nii.gz", "FLARE22_Ts_0002_0000.nii.gz",
@@ -55,7 +56,7 @@ def test_flare_rejects_extra_channels_but_processes_the_rest(tmp_path, weights):
     inp = tmp_path / "in"
     save_image(ct_volume(), inp / "a_0000.nii.gz")
     save_image(ct_volume(), inp / "b_0001.nii.gz")
-    result = run_predict(inp, tmp_path / "out", weights=weights["flare"], device="cpu", on_error="skip")
+    result = run_predict(inp, tmp_path / "out", PredictSection(weights=weights["flare"], device="cpu", on_error="skip"))
     assert result.written == ["a"] and result.failed[0][0] == "b" and "channel 0001" in result.failed[0][1]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.nii.gz"]
 
@@ -65,30 +66,28 @@ def test_grand_challenge_naming(tmp_path, weights):
     uuid = "6f2b0d0e-3c4a-4b8e-9a55-0c1d2e3f4a5b"
     src = save_image(ct_volume(), inp / "images" / "ct" / f"{uuid}.mha", direction=np.diag([-1.0, -1.0, 1.0]))
     assert detect_mode(inp) == "grand-challenge"
-    result = run_predict(inp, tmp_path / "output", weights=weights["root"], device="cpu")
+    result = run_predict(inp, tmp_path / "output", PredictSection(weights=weights["root"], device="cpu"))
     out = tmp_path / "output" / "images" / "ct" / f"{uuid}.mha"
     assert result.written == [uuid] and out.is_file()
     pred = sitk.ReadImage(str(out))
     assert pred.GetSize() == src.GetSize() and pred.GetDirection() == src.GetDirection()
     assert pred.GetPixelID() == sitk.sitkUInt8
     # a configured output interface slug
-    result = run_predict(inp, tmp_path / "output2", weights=weights["root"], device="cpu",
-                         gc_output_slug="abdominal-organ-segmentation")
+    result = run_predict(inp, tmp_path / "output2", PredictSection(weights=weights["root"], device="cpu",
+                         gc_output_slug="abdominal-organ-segmentation"))
     assert (tmp_path / "output2" / "images" / "abdominal-organ-segmentation" / f"{uuid}.mha").is_file()
 
 
 @pytest.mark.parametrize("legacy", [False, True])
 def test_brats_naming_any_subset_and_label_convention(tmp_path, weights, legacy):
-    from pipeline.inference.engine import Options
-
     inp = tmp_path / "in"
     brats_case(inp, "BraTS-GLI-00001-000", legacy=legacy)
     brats_case(inp, "BraTS-GLI-00002-000", modalities=("t1ce", "t2", "flair"), legacy=legacy, seed=1)
     brats_case(inp, "BraTS-GLI-00003-000", modalities=("t1",), legacy=legacy, seed=2)
     assert detect_mode(inp) == "brats"
     convention = "legacy" if legacy else "2023"
-    result = run_predict(inp, tmp_path / "out", weights=weights["root"], device="cpu",
-                         options=Options(label_convention=convention, postprocess={"default": {"mode": "none"}}))
+    result = run_predict(inp, tmp_path / "out", PredictSection(weights=weights["root"], device="cpu",
+                         label_convention=convention, postprocess={"default": {"mode": "none"}}))
     assert sorted(result.written) == ["BraTS-GLI-00001-000", "BraTS-GLI-00002-000", "BraTS-GLI-00003-000"]
     allowed = {0, 1, 2, 4} if legacy else {0, 1, 2, 3}
     seen: set[int] = set()
@@ -113,8 +112,8 @@ def test_brats_label_mapping_is_exact(tmp_path, weights, monkeypatch):
 
     monkeypatch.setattr(engine.Predictor, "upsample_argmax", fake_upsample)
     monkeypatch.setattr(engine.Predictor, "coarse", lambda self, *a: (np.zeros((16, 16, 16), np.uint8), (16, 16, 16)))
-    opts = engine.Options(label_convention="legacy", postprocess={"default": {"mode": "none"}})
-    run_predict(inp, tmp_path / "out", weights=weights["brats"], device="cpu", options=opts)
+    opts = {"label_convention": "legacy", "postprocess": {"default": {"mode": "none"}}}
+    run_predict(inp, tmp_path / "out", PredictSection(weights=weights["brats"], device="cpu", **opts))
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "BraTS-GLI-00009-000.nii.gz")))
     # the fine stage ran on the brain box (the coarse stage found nothing); compare counts
     assert {v: int((got == v).sum()) for v in (1, 2, 3, 4)} == {1: 27, 2: 27, 3: 0, 4: 27}
@@ -151,4 +150,4 @@ def test_undetectable_input_and_output_inside_input(tmp_path, weights):
     inp = tmp_path / "in"
     save_image(ct_volume(), inp / "a_0000.nii.gz")
     with pytest.raises(SegpipeError, match="inside the input folder"):
-        run_predict(inp, inp / "out", weights=weights["flare"], device="cpu")
+        run_predict(inp, inp / "out", PredictSection(weights=weights["flare"], device="cpu"))

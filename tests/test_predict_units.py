@@ -31,7 +31,7 @@ def _blobs() -> np.ndarray:
 
 def test_largest_component_per_class_matches_scipy():
     lab = _blobs()
-    out = postprocess(lab.copy(), PostprocessPlan(ClassRule("largest")), (1.0, 1.0, 1.0))
+    out = postprocess(lab.copy(), PostprocessPlan(default=ClassRule(mode="largest")), (1.0, 1.0, 1.0))
     for c in (1, 2, 3):
         comps, n = ndimage.label(lab == c, structure=np.ones((3, 3, 3)))
         sizes = ndimage.sum_labels(np.ones_like(comps), comps, range(1, n + 1))
@@ -42,24 +42,24 @@ def test_largest_component_per_class_matches_scipy():
 def test_threshold_in_mm3_uses_the_spacing_and_per_class_rules():
     lab = _blobs()
     # voxel = 2 mm³: class 1's 8-voxel speck is 16 mm³ (< 20 → removed); class 2 keeps both (54 ≥ 20)
-    plan = PostprocessPlan(ClassRule("threshold", 20.0), {3: ClassRule("none")})
+    plan = PostprocessPlan(default=ClassRule(mode="threshold", min_volume_mm3=20.0), classes={3: ClassRule(mode="none")})
     out = postprocess(lab.copy(), plan, (1.0, 1.0, 2.0))
     assert np.count_nonzero(out == 1) == 800
     assert np.count_nonzero(out == 2) == 144 + 27
     assert np.count_nonzero(out == 3) == 27
     # the largest component is dropped too when it is below the volume threshold
-    out = postprocess(lab.copy(), PostprocessPlan(ClassRule("largest", 100.0)), (1.0, 1.0, 1.0))
+    out = postprocess(lab.copy(), PostprocessPlan(default=ClassRule(mode="largest", min_volume_mm3=100.0)), (1.0, 1.0, 1.0))
     assert np.count_nonzero(out == 3) == 0 and np.count_nonzero(out == 2) == 144
 
 
 def test_small_lesion_rule_relabels_whole_class_and_never_creates_overlap():
     lab = _blobs()
-    plan = PostprocessPlan(ClassRule("none"), small_lesion=SmallLesionRule(label=3, min_voxels=28, relabel_to=1))
+    plan = PostprocessPlan(default=ClassRule(mode="none"), small_lesion=SmallLesionRule(label=3, min_voxels=28, relabel_to=1))
     out = postprocess(lab.copy(), plan, (1.0, 1.0, 1.0))
     assert np.count_nonzero(out == 3) == 0
     assert np.array_equal(out == 1, (lab == 1) | (lab == 3))
     # above the threshold nothing changes
-    plan = PostprocessPlan(ClassRule("none"), small_lesion=SmallLesionRule(label=3, min_voxels=27, relabel_to=1))
+    plan = PostprocessPlan(default=ClassRule(mode="none"), small_lesion=SmallLesionRule(label=3, min_voxels=27, relabel_to=1))
     assert np.array_equal(postprocess(lab.copy(), plan, (1, 1, 1)), lab)
 
 
@@ -67,8 +67,26 @@ def test_plan_from_config_dict():
     plan = PostprocessPlan.from_dict({"default": {"mode": "threshold", "min_volume_mm3": 5},
                                       "classes": {"3": {"mode": "none"}}, "connectivity": 6,
                                       "small_lesion": {"label": 3, "min_voxels": 500, "relabel_to": 1}})
-    assert plan.rule(3).mode == "none" and plan.rule(1) == ClassRule("threshold", 5)
-    assert plan.connectivity == 6 and plan.small_lesion == SmallLesionRule(3, 500, 1)
+    assert plan.rule(3).mode == "none" and plan.rule(1) == ClassRule(mode="threshold", min_volume_mm3=5)
+    assert plan.connectivity == 6 and plan.small_lesion == SmallLesionRule(label=3, min_voxels=500, relabel_to=1)
+
+
+
+def test_one_postprocessing_schema_for_config_manifest_and_defaults():
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from pipeline.inference.postprocess import TASK_DEFAULTS, plan_for
+
+    cfg = load_config(None, ["predict.postprocess={default: {mode: none}, connectivity: 6}"])
+    assert isinstance(cfg.predict.postprocess, PostprocessPlan) and cfg.predict.postprocess.connectivity == 6
+    manifest = {"postprocess": {"default": {"mode": "threshold", "min_volume_mm3": 3}}}
+    assert plan_for("flare", cfg.predict.postprocess, manifest) is cfg.predict.postprocess  # config first
+    assert plan_for("flare", None, manifest).rule(1) == ClassRule(mode="threshold", min_volume_mm3=3)  # then manifest
+    assert plan_for("brats", None, {}) == TASK_DEFAULTS["brats"]  # then the task default
+    with pytest.raises(ConfigError, match=r"weights manifest postprocess: connectivity: .*6, 18 or 26"):
+        plan_for("flare", None, {"postprocess": {"connectivity": 4}})
+    with pytest.raises(ConfigError, match=r"predict\.postprocess\.default\.mode"):
+        load_config(None, ["predict.postprocess={default: {mode: biggest}}"])
 
 
 # sliding window ----------------------------------------------------------------------------
@@ -118,11 +136,12 @@ def test_mirror_tta_averages_flipped_predictions():
 
 # logits → label map ------------------------------------------------------------------------
 def test_chunked_separable_upsampling_equals_trilinear_then_argmax(tmp_path):
-    from pipeline.inference.engine import Options, Predictor
+    from pipeline.config import PredictSection
+    from pipeline.inference.engine import Predictor
     from pipeline.weights import load_weights as lw
 
     weights = lw(make_random_weights(tmp_path / "w"))
-    pred = Predictor(weights, torch.device("cpu"), Options(chunk_floats=5000))  # forces many chunks
+    pred = Predictor(weights, torch.device("cpu"), PredictSection(upsample_chunk_floats=5000))  # forces many chunks
     logits = torch.randn(14, 6, 9, 7)
     out_shape = (23, 31, 20)
     ref = F.interpolate(logits[None], size=out_shape, mode="trilinear", align_corners=False)[0].argmax(0)
@@ -226,3 +245,27 @@ def test_onednn_conv_patch_is_numerically_the_same():
         assert use_onednn(model) > 5
         got = model(x)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+# reading a case (shared by prepare and predict) ------------------------------------------------
+def test_case_images_are_canonical_and_reject_disagreeing_grids(tmp_path):
+    import SimpleITK as sitk
+
+    from pipeline.case_images import read_case_images
+    from pipeline.errors import CaseError
+
+    arr = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.8, 0.9, 2.5))
+    img.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, -1))  # x and z flipped relative to LPS+
+    sitk.WriteImage(img, str(tmp_path / "a.nii.gz"))
+    case = read_case_images("c1", {"t1": tmp_path / "a.nii.gz", "t2": None}, 1e-3)
+    assert case.channels["t2"] is None and case.shape == (4, 5, 6) and case.spacing_zyx == pytest.approx((2.5, 0.9, 0.8))
+    np.testing.assert_array_equal(case.channels["t1"], arr[::-1, :, ::-1])  # flips undone, no resampling
+    np.testing.assert_array_equal(case.reorientation.array_to_original(case.channels["t1"]), arr)
+    img.SetSpacing((0.8, 0.9, 3.0))
+    sitk.WriteImage(img, str(tmp_path / "b.nii.gz"))
+    with pytest.raises(CaseError, match="case c1: t2 grid differs from t1: spacing"):
+        read_case_images("c1", {"t1": tmp_path / "a.nii.gz", "t2": tmp_path / "b.nii.gz"}, 1e-3)
+    with pytest.raises(CaseError, match="case c1: no image file"):
+        read_case_images("c1", {"t1": None}, 1e-3)

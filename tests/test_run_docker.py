@@ -34,7 +34,7 @@ def test_containers_match_compose_services(folders):
         run_graph(build_graph("flare", folders), folders, runner, backend="docker")
         payloads = creates(engine)
     assert len(payloads) == 7
-    prepare, coarse, fine, export, predict, evaluate, package = payloads
+    prepare, coarse, fine, package, predict, evaluate, submit = payloads
     cfg = "/config/my.yaml"
     assert prepare["Cmd"] == ["segpipe", "prepare", "--data", "/data", "--work", "/work", "--config", cfg]
     assert sorted(prepare["HostConfig"]["Binds"]) == sorted([
@@ -45,7 +45,7 @@ def test_containers_match_compose_services(folders):
         f"{folders.input}:/workspace/inputs:ro", f"{folders.output}:/workspace/outputs:rw",
         f"{folders.work}:/work:ro", f"{folders.config}:{cfg}:ro"])
     assert f"{folders.gt}:/gt:ro" in evaluate["HostConfig"]["Binds"]
-    assert export["Cmd"][1:3] == ["package", "--task"] and package["Cmd"][1] == "submit"
+    assert package["Cmd"][1:3] == ["package", "--task"] and submit["Cmd"][1] == "submit"
     for p in payloads:
         hc = p["HostConfig"]
         assert p["Image"] == "segpipe:test"
@@ -63,7 +63,7 @@ def test_containers_match_compose_services(folders):
 def test_gpus_add_device_requests_to_gpu_stages(folders):
     with FakeDockerEngine() as engine:
         runner = docker_runner(engine.client(), DockerOptions(gpus=True, user="1000:1000"), io.StringIO())
-        run_graph(build_graph("flare", folders), folders, runner, stop="export")
+        run_graph(build_graph("flare", folders), folders, runner, stop="package")
         payloads = creates(engine)
     want = [{"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]
     assert [p["HostConfig"].get("DeviceRequests") for p in payloads] == [None, want, want, None]

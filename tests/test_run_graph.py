@@ -44,7 +44,7 @@ def folders(tmp_path: Path) -> Folders:
                    output=tmp_path / "out", gt=tmp_path / "gt")
 
 
-ALL = ["prepare", "train-coarse", "train-fine", "export", "predict", "evaluate", "package"]
+ALL = ["prepare", "train-coarse", "train-fine", "package", "predict", "evaluate", "submit"]
 
 
 def names(rec: Recorder) -> list[str]:
@@ -68,7 +68,7 @@ def test_graph_shape_and_argv(folders):
                     output=folders.output)
     assert "evaluate" not in [s.name for s in build_graph("flare", no_gt)]
     train_only = Folders(work=folders.work, config=folders.config, data=folders.data)
-    assert [s.name for s in build_graph("flare", train_only)] == ["prepare", "train-coarse", "train-fine", "export"]
+    assert [s.name for s in build_graph("flare", train_only)] == ["prepare", "train-coarse", "train-fine", "package"]
 
 
 def test_rerun_skips_finished_stages(folders):
@@ -76,7 +76,7 @@ def test_rerun_skips_finished_stages(folders):
     first = Recorder()
     run_graph(stages, folders, first)
     assert names(first) == ALL
-    assert read_marker(folders.work, "package")["status"] == "done"
+    assert read_marker(folders.work, "submit")["status"] == "done"
     second = Recorder()
     result = run_graph(stages, folders, second)
     assert second.calls == []
@@ -92,7 +92,7 @@ def test_done_stage_with_missing_outputs_runs_again(folders):
     (folders.work / "metrics.json").unlink()
     rec = Recorder()
     run_graph(stages, folders, rec)
-    assert names(rec) == ["evaluate", "package"]
+    assert names(rec) == ["evaluate", "submit"]
 
 
 def test_failure_stops_graph_and_rerun_resumes(folders):
@@ -123,7 +123,7 @@ def test_config_change_reruns_everything_data_change_too(folders):
     (folders.input / "d_0000.nii.gz").write_bytes(b"z")
     rec = Recorder()
     run_graph(stages, folders, rec)
-    assert names(rec) == ["predict", "evaluate", "package"]
+    assert names(rec) == ["predict", "evaluate", "submit"]
 
 
 def test_overrides_and_device(folders):
@@ -146,12 +146,39 @@ def test_from_and_to(folders):
     assert names(rec) == ["predict", "evaluate"]
     run_graph(stages, folders, Recorder())
     rec = Recorder()
-    run_graph(stages, folders, rec, start="export")  # --from forces a rerun of done stages
+    run_graph(stages, folders, rec, start="package")  # --from forces a rerun of done stages
     assert names(rec) == ALL[3:]
     with pytest.raises(SegpipeError, match="unknown stage"):
         run_graph(stages, folders, Recorder(), start="bogus")
     with pytest.raises(SegpipeError, match="comes after"):
         run_graph(stages, folders, Recorder(), start="predict", stop="prepare")
+
+
+def test_stages_are_named_after_their_commands(folders):
+    for stage in build_graph("flare", folders):
+        command = stage.argv[0] if stage.argv[0] != "train" else f"train-{stage.argv[1]}"
+        assert stage.name == command
+
+
+def test_markers_of_the_former_stage_names_stay_up_to_date(folders):
+    """A work folder finished before the rename (export → package, package → submit): its
+    markers are moved and re-keyed, and a rerun skips every stage."""
+    from pipeline.stages import FORMER_NAMES, marker_path, stage_key, write_marker
+
+    stages = build_graph("flare", folders)
+    run_graph(stages, folders, Recorder())
+    for name in ("package", "submit"):
+        marker_path(folders.work, name).unlink()
+    previous = ""  # the markers as the former code wrote them: former names in keys and files
+    for stage in stages:
+        former = FORMER_NAMES.get(stage.name, stage.name)
+        previous = stage_key(stage, folders, previous, former)
+        write_marker(folders.work, former, status="done", key=previous, backend="local")
+    rec = Recorder()
+    result = run_graph(stages, folders, rec)
+    assert rec.calls == [] and [r.status for r in result.results] == ["skipped"] * len(ALL)
+    assert not marker_path(folders.work, "export").exists()
+    assert sorted(p.stem for p in (folders.work / ".stages").iterdir()) == sorted(ALL)
 
 
 def test_run_command_end_to_end_failure_exit_code(tmp_path, capsys):

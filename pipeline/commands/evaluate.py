@@ -112,15 +112,14 @@ def _run_efficiency(args: argparse.Namespace) -> int:
     from pipeline.errors import SegpipeError
 
     _require(args, "inputs")
-    if not args.image and not args.local:
-        raise SegpipeError("evaluate efficiency needs --image IMAGE (docker) or --local predict.sh")
-    from evaluation.efficiency import format_efficiency, measure
+    if bool(args.image) == bool(args.local):
+        raise SegpipeError("evaluate efficiency needs exactly one of --image IMAGE (docker) or --local predict.sh")
+    from evaluation.efficiency import DockerImage, Limits, LocalScript, format_efficiency, measure
 
-    results = measure(
-        inputs=args.inputs, image=args.image, local=args.local, outputs=args.outputs, gpus=args.gpus,
-        time_limit=args.time_limit, shm_size=args.shm_size, memory=args.memory, network=args.network,
-        interval=args.interval, gt_dir=args.gt, workers=args.workers,
-    )
+    runner = LocalScript(args.local) if args.local else \
+        DockerImage.connect(args.image, gpus=args.gpus, network=args.network)
+    results = measure(args.inputs, runner, Limits(args.time_limit, args.shm_size, args.memory),
+                      outputs=args.outputs, interval=args.interval, gt_dir=args.gt, workers=args.workers)
     print(format_efficiency(results))
     if args.json:
         from evaluation.results import write_json

@@ -1,11 +1,12 @@
-"""Run the stage graph: prepare → train-coarse → train-fine → export → predict → evaluate → package.
+"""Run the stage graph: prepare → train-coarse → train-fine → package → predict → evaluate → submit
+(each stage named after the segpipe command it runs).
 
 Finished stages are recorded in WORK/.stages/<stage>.json with a hash of the config, the
 overrides, the inputs and the stages before; a rerun skips them, reruns what a changed config
 or changed data invalidates, and resumes an interrupted stage (prepare keeps prepared cases,
 train continues from its last checkpoint). `--backend docker` runs every stage as a container
 of the project image with the mounts of docker-compose.yml (data and input read-only).
-Stages without their folder are left out: no --input → no predict/package, no --gt → no evaluate.
+Stages without their folder are left out: no --input → no predict/submit, no --gt → no evaluate.
 The docker backend's evaluate writes metrics.json/csv but no HTML report (the image has no
 matplotlib): `segpipe evaluate ... --report DIR` on the host makes it from the same folders.
 """

@@ -1,8 +1,8 @@
 """One case through the two stages: read → canonical → normalise → coarse → ROI → fine →
 logits to the ROI grid (on the compute device) → argmax → postprocess → paste → write.
 
-Preprocessing is the training code itself: `data_prepare.validate.load_case` (validation,
-modality-grid agreement, canonical reorientation), `data_prepare.process.normalise` (CT window
+Preprocessing is the training code itself: `pipeline.case_images.read_case_images` (validation,
+modality-grid agreement, canonical reorientation; prepare's load_case reads through it too), `data_prepare.process.normalise` (CT window
 + z-score in the body mask / MRI z-score in the brain mask, at full resolution) and
 `pipeline.preprocess.resample_linear` for the coarse and fine grids, with the parameters stored
 in the weights' manifest — so inference cannot drift from what the networks were trained on.
@@ -16,7 +16,6 @@ resampling of full-size logits is its known bottleneck, MIC-DKFZ/nnUNet#2540).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -28,9 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import preprocess as pp
+from pipeline.case_images import read_case_images
+from pipeline.config import PredictSection, TaskSection
+from pipeline.device import amp_dtype, autocast
 from pipeline.errors import CaseError
 from pipeline.inference.modes import InferenceCase
-from pipeline.inference.postprocess import TASK_DEFAULTS, PostprocessPlan, postprocess
+from pipeline.inference.postprocess import plan_for, postprocess
 from pipeline.inference.roi import roi_from_coarse
 from pipeline.inference.sliding_window import predict_grid
 from pipeline.log import get_logger
@@ -40,31 +42,10 @@ log = get_logger("predict")
 
 
 @dataclass
-class Options:
-    overlap: float = 0.5
-    mirror_axes: tuple[int, ...] = ()  # TTA off by default
-    window: str = "auto"  # auto | whole | sliding (fine stage)
-    coarse_min_volume_mm3: float = 1000.0
-    z_window_mm: float | None = 240.0
-    roi_margin_mm: float | None = None  # None → the margin the fine samples were prepared with
-    amp: str = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
-    label_convention: str = "2023"  # BraTS output labels: 2023 (1,2,3) or legacy (1,2,4)
-    postprocess: dict[str, Any] | None = None  # None → the manifest's, else the task default
-    chunk_floats: int = 1 << 24  # upsampled logits held at once (64 MB in fp32)
-
-
-@dataclass
 class CaseResult:
     labels: np.ndarray  # canonical (z, y, x) uint8, output label convention
     reorientation: Any  # pipeline.image_io.Reorientation
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def _autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManager:
-    if device.type != "cuda" or mode == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()) else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 def _divisor(model_cfg: dict[str, Any]) -> tuple[int, int, int]:
@@ -87,25 +68,25 @@ def _linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Ten
 class Predictor:
     """Loaded weights + options; `predict(case)` → CaseResult. Reused across the cases of a run."""
 
-    def __init__(self, weights: LoadedWeights, device: torch.device, options: Options) -> None:
+    def __init__(self, weights: LoadedWeights, device: torch.device, settings: PredictSection | None = None) -> None:
         from pipeline.config import PrepareSection
         from pipeline.tasks import get_task
 
         self.weights = weights
         self.device = device
-        self.opts = options
+        self.settings = settings = settings or PredictSection()
         self.task = get_task(weights.task)
         self.prep = PrepareSection.model_validate(weights.preprocessing)
-        pp_cfg = options.postprocess if options.postprocess is not None else \
-            weights.manifest.get("postprocess", TASK_DEFAULTS.get(self.task.name))
-        self.post = PostprocessPlan.from_dict(pp_cfg)
+        self.post = plan_for(self.task.name, settings.postprocess, weights.manifest)
+        self.amp_dtype = amp_dtype(device, settings.amp)  # None on the CPU, whatever was asked for
+        self.mirror_axes = tuple(int(a) for a in settings.mirror_axes) if settings.tta else ()
+        # None: the task section's default, as a config without task.label_convention gets
+        self.label_convention = settings.label_convention or TaskSection.model_fields["label_convention"].default
         if device.type == "cpu":
             from pipeline.inference.cpu_conv import use_onednn
 
             for sw in weights.stages.values():
                 use_onednn(sw.model)
-        if self.task.name == "brats" and options.label_convention not in ("2023", "legacy", "brats2024"):
-            raise ValueError(f"unknown label convention {options.label_convention!r}")
 
     # stages -------------------------------------------------------------------------------
     def _net(self, stage: str, x: np.ndarray, mask: np.ndarray, patch: Sequence[int]) -> torch.Tensor:
@@ -113,14 +94,14 @@ class Predictor:
         xt = torch.from_numpy(x)[None].to(self.device)
         mt = torch.from_numpy(mask)[None].to(self.device)
 
-        def forward(t: torch.Tensor) -> torch.Tensor:
-            with _autocast(self.device, self.opts.amp):
-                return sw.model(t, mt)
+        def forward(t: torch.Tensor) -> torch.Tensor:  # t: one or more windows [B, C, ...]
+            with autocast(self.device, self.amp_dtype):
+                return sw.model(t, mt.expand(t.shape[0], -1))
 
-        window = self.opts.window if stage == "fine" else "auto"
+        window = self.settings.window if stage == "fine" else "auto"
         return predict_grid(forward, xt, int(sw.info["model"]["num_classes"]), patch,
-                            divisor=_divisor(sw.info["model"]), overlap=self.opts.overlap,
-                            mirror_axes=self.opts.mirror_axes, window=window)
+                            divisor=_divisor(sw.info["model"]), overlap=self.settings.overlap,
+                            mirror_axes=self.mirror_axes, window=window, window_batch=self.settings.window_batch)
 
     def _patch(self, stage: str, grid: Sequence[int]) -> list[int]:
         patch = self.weights.stages[stage].info.get("patch_size")
@@ -161,7 +142,7 @@ class Predictor:
         out = torch.empty((oz, oy, ox), dtype=torch.uint8, device=dev)
         planes = logits.permute(1, 2, 3, 0).float()  # [fz, fy, fx, K]
         wy_, wx_ = wy[None, :, None, None], wx[None, None, :, None]
-        step = max(1, self.opts.chunk_floats // max(1, k * oy * ox))
+        step = max(1, self.settings.upsample_chunk_floats // max(1, k * oy * ox))
         for a in range(0, oz, step):
             zs = slice(a, min(oz, a + step))
             cells = uniform[z0[zs]][:, y0][:, :, x0]
@@ -177,9 +158,7 @@ class Predictor:
     # the case ------------------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, case: InferenceCase) -> CaseResult:
-        from data_prepare.layouts import CaseSource
         from data_prepare.process import normalise
-        from data_prepare.validate import load_case
 
         times: dict[str, float] = {}
         t = time.perf_counter()
@@ -188,8 +167,7 @@ class Predictor:
             raise CaseError(case.case_id, f"modalities {missing} are not inputs of the {self.weights.path.name} weights "
                                           f"({', '.join(self.task.modalities)})")
         images = {m: case.images.get(m) for m in self.task.modalities}
-        source = CaseSource(case.case_id, images, None, "test", {}, "none", "predict")
-        loaded = load_case(source, self.prep.geometry_tolerance)
+        loaded = read_case_images(case.case_id, images, self.prep.geometry_tolerance)
         reo = loaded.reorientation
         shape, spacing = loaded.shape, loaded.spacing_zyx
         image, body_box, _ = normalise(loaded, self.task, self.prep)
@@ -199,11 +177,11 @@ class Predictor:
 
         t = time.perf_counter()
         coarse_labels, cgrid = self.coarse(image, mask, shape, spacing)
-        margin = self.opts.roi_margin_mm
+        margin = self.settings.roi_margin_mm
         if margin is None:
             margin = self.weights.stages["fine"].info.get("roi_margin_mm") or self.prep.fine_margin_mm
         roi = roi_from_coarse(coarse_labels, shape, spacing, margin_mm=float(margin),
-                              min_volume_mm3=self.opts.coarse_min_volume_mm3, z_window_mm=self.opts.z_window_mm)
+                              min_volume_mm3=self.settings.coarse_min_volume_mm3, z_window_mm=self.settings.z_window_mm)
         box = roi.box
         if box is None:
             log.warning("case %s: the coarse stage found nothing; the fine stage runs on the %s box", case.case_id,
@@ -226,7 +204,7 @@ class Predictor:
         postprocess(roi_labels, self.post, spacing)
         labels = np.zeros(shape, np.uint8)
         labels[tuple(slice(lo, hi) for lo, hi in box)] = roi_labels
-        if self.task.name == "brats" and self.opts.label_convention == "legacy":
+        if self.task.name == "brats" and self.label_convention == "legacy":
             from pipeline.tasks import BRATS_2023_TO_LEGACY
 
             lut = np.zeros(256, np.uint8)

@@ -18,54 +18,31 @@ overlap, and there the later label won.)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.config import ClassRule, PostprocessPlan, SmallLesionRule
 
-@dataclass(frozen=True)
-class ClassRule:
-    mode: str = "largest"  # largest | threshold | none
-    min_volume_mm3: float = 0.0
-
-
-@dataclass(frozen=True)
-class SmallLesionRule:
-    label: int  # the class checked (internal id, e.g. 3 = ET)
-    min_voxels: int  # relabel when the class has fewer voxels than this
-    relabel_to: int  # e.g. 1 (necrotic core, ShaSpec) or 0 (dropped, PASSION's ETPro)
-
-
-@dataclass(frozen=True)
-class PostprocessPlan:
-    default: ClassRule = ClassRule()
-    classes: Mapping[int, ClassRule] = field(default_factory=dict)
-    connectivity: int = 26
-    small_lesion: SmallLesionRule | None = None
-
-    def rule(self, label: int) -> ClassRule:
-        return self.classes.get(label, self.default)
-
-    @classmethod
-    def from_dict(cls, data: Mapping | None) -> PostprocessPlan:
-        """From the `predict.postprocess` config section / a manifest's `postprocess` entry."""
-        if not data:
-            return cls()
-        default = ClassRule(**dict(data.get("default") or {}))
-        classes = {int(k): ClassRule(**dict(v)) for k, v in (data.get("classes") or {}).items()}
-        sl = data.get("small_lesion")
-        small = SmallLesionRule(**{k: int(v) for k, v in dict(sl).items()}) if sl else None
-        return cls(default, classes, int(data.get("connectivity", 26)), small)
+__all__ = ["TASK_DEFAULTS", "ClassRule", "PostprocessPlan", "SmallLesionRule", "plan_for", "postprocess"]
 
 
 # task defaults, used when neither the config nor the weights' manifest says otherwise
-TASK_DEFAULTS: dict[str, dict] = {
+TASK_DEFAULTS: dict[str, PostprocessPlan] = {
     # organs are single objects: keep the largest component of each
-    "flare": {"default": {"mode": "largest", "min_volume_mm3": 0.0}},
+    "flare": PostprocessPlan(default=ClassRule(mode="largest", min_volume_mm3=0.0)),
     # tumours can be multifocal: drop only specks; ET rule off unless configured
-    "brats": {"default": {"mode": "threshold", "min_volume_mm3": 10.0}},
+    "brats": PostprocessPlan(default=ClassRule(mode="threshold", min_volume_mm3=10.0)),
 }
+
+
+def plan_for(task: str, configured: PostprocessPlan | None, manifest: dict) -> PostprocessPlan:
+    """The plan a run uses: the configured one, else the weights manifest's, else the task default."""
+    if configured is not None:
+        return configured
+    if "postprocess" in manifest:
+        return PostprocessPlan.from_dict(manifest["postprocess"], "weights manifest postprocess")
+    return TASK_DEFAULTS.get(task, PostprocessPlan())
 
 
 def _components_to_keep(binary: np.ndarray, rule: ClassRule, voxel_mm3: float, connectivity: int) -> np.ndarray | None:

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import PredictSection
 from pipeline.errors import SegpipeError
 from pipeline.inference.modes import InferencePlan, plan_cases
 from pipeline.log import get_logger
 
 log = get_logger("predict")
-ON_ERROR = ("empty", "skip", "fail")
 
 
 @dataclass
@@ -33,16 +33,6 @@ class RunResult:
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
-
-
-def pick_device(pref: str) -> Any:
-    import torch
-
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise SegpipeError("--device cuda: no CUDA device is available")
-    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def cpu_threads() -> int:
@@ -101,31 +91,31 @@ def _check_folders(plan: InferencePlan) -> None:
         raise SegpipeError(f"output folder {plan.out} is inside the input folder {plan.root}; inputs are never written")
 
 
-def run_predict(input_dir: str | Path, output_dir: str | Path, *, weights: str | Path | None = None,
-                device: str = "auto", mode: str = "auto", on_error: str = "empty", options: Any = None,
-                gc_output_slug: str | None = None, num_threads: int | None = None) -> RunResult:
+def run_predict(input_dir: str | Path, output_dir: str | Path, settings: PredictSection | None = None) -> RunResult:
+    """Every case of `input_dir` → `output_dir` with `settings` (defaults: PredictSection())."""
     import torch
 
+    from pipeline.device import pick_device
     from pipeline.image_io import from_canonical, write_image
-    from pipeline.inference.engine import Options, Predictor
+    from pipeline.inference.engine import Predictor
     from pipeline.weights import default_weights_root, find_weights, load_weights
 
-    if on_error not in ON_ERROR:
-        raise SegpipeError(f"--on-error {on_error!r}: choose one of {', '.join(ON_ERROR)}")
+    settings = settings or PredictSection()
+    on_error = settings.on_error
     started = time.perf_counter()
-    plan = plan_cases(input_dir, output_dir, mode, gc_output_slug=gc_output_slug)
+    plan = plan_cases(input_dir, output_dir, settings.mode, gc_output_slug=settings.gc_output_slug)
     _check_folders(plan)
     result = RunResult()
     if not plan.cases and not plan.problems:
         log.warning("%s: no %s input cases found", plan.root, plan.mode)
         return result
-    torch.set_num_threads(num_threads or cpu_threads())
-    dev = pick_device(device)
-    wdir = find_weights(weights if weights is not None else default_weights_root(), plan.task)
+    torch.set_num_threads(settings.num_threads or cpu_threads())
+    dev = pick_device(settings.device)
+    wdir = find_weights(settings.weights if settings.weights is not None else default_weights_root(), plan.task)
     loaded = load_weights(wdir, dev)
     if loaded.task != plan.task:
         log.warning("weights %s are for task %s, the %s input looks like %s data", wdir, loaded.task, plan.mode, plan.task)
-    predictor = Predictor(loaded, dev, options or Options())
+    predictor = Predictor(loaded, dev, settings)
     log.info("%s mode: %d case(s) in %s → %s; weights %s (%s) on %s, %d threads", plan.mode, len(plan.cases),
              plan.root, plan.out, wdir.name, loaded.task, dev, torch.get_num_threads())
 

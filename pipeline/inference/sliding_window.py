@@ -77,12 +77,16 @@ def _mirrored(forward: Forward, x: torch.Tensor, mirror_axes: Sequence[int]) -> 
 
 def predict_grid(forward: Forward, x: torch.Tensor, num_classes: int, patch: Sequence[int], *,
                  divisor: Sequence[int] = (16, 16, 16), overlap: float = 0.5,
-                 mirror_axes: Sequence[int] = (), window: str = "auto") -> torch.Tensor:
+                 mirror_axes: Sequence[int] = (), window: str = "auto", window_batch: int = 1) -> torch.Tensor:
     """Logits [K, Z, Y, X] (float32, on x's device) for x [1, C, Z, Y, X].
 
     window "auto": one pass when the grid fits `patch` (padded up to a multiple of `divisor`),
     else the Gaussian sliding window; "whole" forces one pass, "sliding" forces windows.
+    `window_batch` windows go through `forward` together, as a batch (MONAI's sw_batch_size):
+    fewer, larger passes that keep a GPU busy; 1 evaluates them one by one.
     """
+    if window_batch < 1:
+        raise ValueError(f"window_batch must be at least 1, got {window_batch}")
     size = x.shape[-3:]
     fits = all(int(size[a]) <= int(patch[a]) for a in range(3))
     if window == "whole" or (window == "auto" and fits):
@@ -98,10 +102,13 @@ def predict_grid(forward: Forward, x: torch.Tensor, num_classes: int, patch: Seq
     logits = torch.zeros((num_classes, *full), dtype=torch.float32, device=x.device)
     norm = torch.zeros(tuple(full), dtype=torch.float32, device=x.device)
     starts = [window_starts(int(full[a]), patch[a], overlap) for a in range(3)]
-    for z, y, xx in itertools.product(*starts):
-        sl = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(xx, xx + patch[2]))
-        out = _mirrored(forward, xp[(slice(None), slice(None), *sl)], mirror_axes)[0]
-        logits[(slice(None), *sl)] += out * weight
-        norm[sl] += weight
+    windows = [tuple(slice(s, s + patch[a]) for a, s in enumerate(corner)) for corner in itertools.product(*starts)]
+    for first in range(0, len(windows), window_batch):
+        group = windows[first:first + window_batch]
+        tiles = [xp[(slice(None), slice(None), *sl)] for sl in group]
+        out = _mirrored(forward, tiles[0] if len(tiles) == 1 else torch.cat(tiles), mirror_axes)
+        for i, sl in enumerate(group):
+            logits[(slice(None), *sl)] += out[i] * weight
+            norm[sl] += weight
     logits /= norm
     return logits[(slice(None), *crop)]

@@ -1,5 +1,5 @@
-"""Mixed-precision policy with torch.amp: bf16 on GPUs that support it, fp16 + GradScaler on older
-GPUs, fp32 on CPU (CPU autocast would only slow 3D convs down). No apex."""
+"""Mixed-precision policy for training: the dtype pipeline.device.amp_dtype decides (bf16 on GPUs
+that support it, fp16 on older GPUs, fp32 on CPU) plus a GradScaler for fp16. No apex."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+
+from pipeline.device import amp_dtype, autocast
 
 
 @dataclass
@@ -21,9 +23,7 @@ class AmpPolicy:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return autocast(torch.device(self.device_type), self.dtype)
 
     def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, nets: Iterable[torch.nn.Module],
                       grad_clip: float = 0.0) -> None:
@@ -46,12 +46,9 @@ class AmpPolicy:
 
 
 def amp_policy(device: torch.device, mode: str = "auto") -> AmpPolicy:
-    if device.type != "cuda":
-        if mode in ("bf16", "fp16"):
-            raise ValueError(f"amp={mode} needs a CUDA device (got {device.type}); use auto or fp32")
-        return AmpPolicy(device.type, None, None)
-    if mode == "fp32":
-        return AmpPolicy("cuda", None, None)
-    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
-        return AmpPolicy("cuda", torch.bfloat16, None)
-    return AmpPolicy("cuda", torch.float16, torch.amp.GradScaler("cuda"))
+    """Training is strict where inference is lenient: bf16/fp16 asked for on a CPU is an error."""
+    if device.type != "cuda" and mode in ("bf16", "fp16"):
+        raise ValueError(f"amp={mode} needs a CUDA device (got {device.type}); use auto or fp32")
+    dtype = amp_dtype(device, mode)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return AmpPolicy(device.type, dtype, scaler)

@@ -1,0 +1,46 @@
+"""The one device choice and the one mixed-precision decision, for training and inference alike.
+
+Device: CUDA when asked for, or with "auto" when one is present (rank-local under torchrun);
+else the CPU. AMP: bf16 on GPUs that support it, fp16 on older GPUs (training adds a
+GradScaler, pipeline.training.amp), fp32 without autocast on the CPU, where autocast would
+only slow 3D convolutions down. torch.amp only, never apex.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from pipeline.errors import SegpipeError
+
+AMP_MODES = ("auto", "bf16", "fp16", "fp32")
+
+
+def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
+    """`pref` is auto | cpu | cuda; `local_rank` picks the GPU of a torchrun process."""
+    if pref not in ("auto", "cpu", "cuda"):
+        raise SegpipeError(f"--device {pref!r}: choose auto, cpu or cuda")
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise SegpipeError("--device cuda: no CUDA device is available")
+    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for `mode` on `device`; None = fp32, autocast off (always on the CPU)."""
+    if mode not in AMP_MODES:
+        raise ValueError(f"amp={mode!r}: choose one of {', '.join(AMP_MODES)}")
+    if device.type != "cuda" or mode == "fp32":
+        return None
+    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """torch.autocast for `dtype`, or nothing for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
