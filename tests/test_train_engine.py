@@ -167,7 +167,7 @@ def test_checkpoint_round_trip_is_atomic_and_pruned(tmp_path) -> None:
 
 
 def test_supervised_training_learns_and_writes_outputs(tmp_path) -> None:
-    from test_train_common import coarse_spec, make_config, make_source
+    from train_helpers import coarse_spec, make_config, make_source
 
     from pipeline.training.export import export_stage, load_stage
     from pipeline.training.tb import read_scalars
@@ -191,7 +191,10 @@ def test_supervised_training_learns_and_writes_outputs(tmp_path) -> None:
     # the exported network reproduces the validation Dice recorded for the best epoch
     from pipeline.training.amp import AmpPolicy
     from pipeline.training.distributed import DistContext
-    from pipeline.training.trainer import evaluate
+    from pipeline.training.step import RunContext
+    from pipeline.training.validate import class_dice
 
-    dice = evaluate([model], source, source.case_ids("val"), spec, DistContext(), AmpPolicy("cpu", None, None))
+    run = RunContext(spec, source, cfg.train, DistContext(), AmpPolicy("cpu", None, None), tmp_path, [],
+                     source.case_ids("val"), [])
+    dice = class_dice([model], run)
     assert dice[0] == pytest.approx(summary["best_dice"], abs=1e-6)
