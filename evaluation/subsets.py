@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.brats import REGION_ORDER, case_labels
+from evaluation.surface import dice, label_mask
 from fine_seg.missing.subsets import all_subsets, subset_mask, subset_name
 from pipeline.fsutil import atomic_write_text
 from pipeline.log import get_logger
@@ -84,12 +85,9 @@ def evaluate_subsets(predict: Predict, cases: Iterable[SubsetCase], subsets: Seq
 def _dice_only(gt: np.ndarray, pred: np.ndarray, convention: str) -> dict[str, dict[str, Any]]:
     from evaluation.brats import REGIONS
 
-    out = {}
-    for reg in REGION_ORDER:
-        g, p = np.isin(gt, REGIONS[convention][reg]), np.isin(pred, REGIONS[convention][reg])
-        n = int(g.sum()) + int(p.sum())
-        out[reg] = {"dice": 1.0 if n == 0 else 2.0 * int((g & p).sum()) / n, "hd95": None}
-    return out
+    regions = REGIONS[convention]
+    return {reg: {"dice": dice(label_mask(gt, regions[reg]), label_mask(pred, regions[reg]), empty=1.0), "hd95": None}
+            for reg in REGION_ORDER}
 
 
 def _nanmean(values: list[Any]) -> float | None:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from evaluation.surface import mean_dice
 from pipeline.fsutil import atomic_path, atomic_write_text, safe_child
 from pipeline.log import get_logger
 from pipeline.training.distributed import barrier, gather_objects, shard
@@ -41,15 +42,7 @@ log = get_logger("train")
 
 def foreground_dice(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, num_classes: int) -> float:
     """Mean Dice over classes 1..K-1 present in a or b; 0.0 if neither has any foreground."""
-    a = torch.as_tensor(np.asarray(a)).long().flatten()
-    b = torch.as_tensor(np.asarray(b)).long().flatten()
-    ca = torch.bincount(a, minlength=num_classes)[1:num_classes].double()
-    cb = torch.bincount(b, minlength=num_classes)[1:num_classes].double()
-    both = torch.bincount(a[a == b], minlength=num_classes)[1:num_classes].double()
-    present = (ca + cb) > 0
-    if not bool(present.any()):
-        return 0.0
-    return float((2 * both[present] / (ca[present] + cb[present])).mean())
+    return mean_dice(a, b, range(1, num_classes), empty=float("nan"), none=0.0)
 
 
 def score_scan(probs: list[torch.Tensor], previous: np.ndarray | None, stride: int) -> dict[str, Any]:

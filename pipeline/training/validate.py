@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from evaluation.surface import mean_dice
 from pipeline.errors import SegpipeError
 from pipeline.training.amp import AmpPolicy
 from pipeline.training.checkpoint import save_best
@@ -40,15 +41,9 @@ def predict_probs(net: nn.Module, sample: SampleLike, device: torch.device, poli
 
 
 def case_dice(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> float:
-    """Mean Dice over classes in the ground truth (a class absent from GT but predicted scores 0)."""
-    scores = []
-    for c in range(1, num_classes):
-        p, g = pred == c, gt == c
-        ng, np_ = int(g.sum()), int(p.sum())
-        if ng == 0 and np_ == 0:
-            continue
-        scores.append(2 * int((p & g).sum()) / (ng + np_))
-    return float(np.mean(scores)) if scores else 1.0
+    """Mean Dice over the foreground classes in the ground truth or the prediction (a class
+    predicted but absent from GT scores 0); 1.0 when neither has any foreground."""
+    return mean_dice(gt, pred, range(1, num_classes), empty=float("nan"), none=1.0)
 
 
 def mean_case_scores(local: dict[str, list[float]], run: RunContext, count: int) -> list[float]:
