@@ -53,11 +53,9 @@ def _method(config: Any, task: TaskSpec, st: Any) -> Any:
     """Per-step hooks of `fine.method` (None for plain); see fine_seg/missing/."""
     from fine_seg.missing import build_method
 
-    if config.fine.method != "plain":
+    if config.fine.method != "plain":  # (method + CPS is rejected by the config's validation)
         from pipeline.errors import ConfigError
 
-        if config.train.cps.enabled:
-            raise ConfigError(f"fine.method {config.fine.method} cannot be combined with train.cps")
         if len(task.modalities) < 2:
             raise ConfigError(f"fine.method {config.fine.method} needs a multi-modal task (task {task.name} has one input)")
     return build_method(config.fine.method, config.fine.missing, num_classes=task.num_classes, loss_kind=st.loss,

@@ -7,7 +7,9 @@
     hga      PASSION trained sequentially over the 15 modality groups + Reptile steps
 
 `build_model(cfg)` builds the network of a model config whose `method` is not plain (called
-from `fine_seg.build_model`); `build_method(name, settings, ...)` the trainer hooks.
+from `fine_seg.build_model`); `build_method(name, settings, ...)` the trainer hooks, with the
+method's own settings model (pipeline.config.ShaSpecSettings, LCKDSettings, PassionSettings,
+HGASettings: every default lives there).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ def model_fields(name: str, settings: Any) -> dict[str, Any]:
     """What the method adds to the fine model config (so exported weights rebuild the same net)."""
     if name == "plain":
         return {}
+    channels = settings.specific_channels if name == "shaspec" else None
     return {"method": name, "specific_encoders": name == "shaspec",
-            "specific_channels": list(settings.specific_channels) if settings.specific_channels else None}
+            "specific_channels": list(channels) if channels else None}
 
 
 __all__ = ["METHODS", "MissingMethod", "StepOutput", "build_method", "build_model", "model_fields"]

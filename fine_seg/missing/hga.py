@@ -28,7 +28,6 @@ class HGA(Passion):
 
     def __init__(self, settings: Any, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        self.proto_weight = settings.proto_weight if settings.proto_weight is not None else 0.02
         self.subsets = all_subsets(len(self.modalities))
         self.step_groups: dict[int, int] = {}  # global step → group index (current epoch)
         self.anchor: dict[str, torch.Tensor] | None = None  # φ̃

@@ -66,7 +66,7 @@ class Passion(MissingMethod):
         self.running: list[float | None] = [None] * n  # EMA of dist_m over steps
         self.epoch_dist: list[list[float]] = [[] for _ in range(n)]
         self.seen = np.zeros(n, dtype=np.int64)  # samples per available modality (inverse-frequency weights)
-        self.proto_weight = settings.proto_weight if settings.proto_weight is not None else 0.1
+        self.proto_weight = settings.proto_weight
 
     def modal_weights(self) -> np.ndarray:
         inv = 1.0 / np.maximum(self.seen, 1)
