@@ -72,14 +72,20 @@ def evaluate_subsets(predict: Predict, cases: Iterable[SubsetCase], subsets: Seq
                 failed.append({"case": case.case_id, "subset": name, "reason": reason})
                 continue
             rows[name]["cases"][case.case_id] = {r: {"dice": v["dice"], "hd95": v.get("hd95")} for r, v in scores.items()}
+    mean = summarise(rows)
+    return {"task": "brats-subsets", "convention": convention, "regions": list(REGION_ORDER),
+            "modalities": list(names), "subsets": rows, "mean_over_subsets": mean,
+            "subsets_without_cases": [n for n, r in rows.items() if not r["n_cases"]], "failed": failed}
+
+
+def summarise(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Fill each subset row's `n_cases` and `mean` from its `cases`; return the mean over the
+    subsets that have cases, per region and metric (the papers' bottom line)."""
     for row in rows.values():
         row["n_cases"] = len(row["cases"])
         row["mean"] = _mean(list(row["cases"].values()))
     scored = [r["mean"] for r in rows.values() if r["n_cases"]]
-    mean = {reg: {m: _nanmean([r[reg][m] for r in scored]) for m in ("dice", "hd95")} for reg in REGION_ORDER}
-    return {"task": "brats-subsets", "convention": convention, "regions": list(REGION_ORDER),
-            "modalities": list(names), "subsets": rows, "mean_over_subsets": mean,
-            "subsets_without_cases": [n for n, r in rows.items() if not r["n_cases"]], "failed": failed}
+    return {reg: {m: _nanmean([r[reg][m] for r in scored]) for m in ("dice", "hd95")} for reg in REGION_ORDER}
 
 
 def _dice_only(gt: np.ndarray, pred: np.ndarray, convention: str) -> dict[str, dict[str, Any]]:

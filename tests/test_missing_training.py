@@ -181,6 +181,65 @@ def test_trainer_runs_each_method_and_keeps_its_state(method: str, tmp_path) -> 
     w, _ = export_stage(tmp_path, "fine", tmp_path / "weights")
     model, info = load_stage(w)
     assert type(model).__name__ == "MultiEncoderNet" and info["model"]["method"] == method
+    # model selection: the recorded best score is the 15-subset mean Dice of the subset evaluation
+    best = json.loads((tmp_path / "train" / "fine" / "best.json").read_text())
+    assert best["val_dice"] == pytest.approx(_subset_mean(model, source), abs=1e-9)
+
+
+def _subset_mean(model, source) -> float:
+    """Mean over ET/TC/WT of `evaluation.subsets`' mean over the 15 subsets, run here on the model."""
+    from evaluation.subsets import SubsetCase, evaluate_subsets
+
+    def predict(case, mask):
+        with torch.no_grad():
+            out = model(torch.from_numpy(case.data)[None], torch.from_numpy(mask)[None])
+        return out.argmax(1)[0].numpy().astype(np.uint8)
+
+    cases = [SubsetCase(c, source.load(c).label, (1.0, 1.0, 1.0), source.load(c).modality_mask,
+                        np.asarray(source.load(c).image, np.float32)) for c in source.case_ids("val")]
+    res = evaluate_subsets(predict, cases, hd95=False)
+    assert len(res["subsets"]) == 15 and not res["failed"]
+    return float(np.mean([v["dice"] for v in res["mean_over_subsets"].values()]))
+
+
+def test_passion_kl_is_weighted_by_beta_times_modal_weight() -> None:
+    """PASSION's train.py: kl = Σ_m β_m · modal_weight_m · KL_m (segpipe ignored the modal weight)."""
+    net = _net("passion").train()
+    x, target = _batch(2)
+    avail = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1]], dtype=torch.bool)
+
+    def kl(beta, weights) -> float:
+        hooks = build_method("passion", missing_settings("passion"), num_classes=4)
+        hooks.beta = list(beta)
+        hooks.modal_weights = lambda: np.asarray(weights, float)
+        torch.manual_seed(0)
+        res = hooks.step(_forward(net), x, avail, target, global_step=0, total_steps=1, epoch=0, step=0)
+        return res.parts["kl"]
+
+    for m in range(4):
+        one = [float(i == m) for i in range(4)]
+        assert kl(one, [1, 2, 3, 4]) == pytest.approx((m + 1) * kl(one, [1, 1, 1, 1]), rel=1e-5)
+    assert kl([0.5, 1, 1.5, 2], [1, 1, 1, 1]) == pytest.approx(
+        sum(b * kl([float(i == m) for i in range(4)], [1, 1, 1, 1]) for m, b in enumerate([0.5, 1, 1.5, 2])), rel=1e-5)
+
+
+def test_passion_relative_preference_comes_from_the_current_batch() -> None:
+    from fine_seg.missing.passion import Passion
+
+    # case 0: students flair/t1 with discrepancies 0.1/0.3 → rp −0.5/+0.5; case 1: t1 and t2 equal → 0
+    dist = [[0.1, 0.3, None, None], [None, 0.1, None, 0.1]]
+    assert Passion.under_aligned(dist) == [False, True, False, False]
+    assert Passion.under_aligned([[None] * 4]) == [False] * 4  # no students: nothing is gated in
+
+
+def test_hga_modal_weights_are_one() -> None:
+    hooks = build_method("hga", missing_settings("hga"), num_classes=4)
+    hooks.seen = np.array([10, 200, 30, 5])
+    assert hooks.modal_weights().tolist() == [1.0, 1.0, 1.0, 1.0]
+    passion = build_method("passion", missing_settings("passion"), num_classes=4)
+    passion.seen = np.array([10, 20, 40, 10])
+    w = passion.modal_weights()  # inverse frequency, mean 1
+    assert w.mean() == pytest.approx(1.0) and w[0] == pytest.approx(2 * w[1]) == pytest.approx(4 * w[2])
 
 
 def test_hga_resume_mid_cycle_is_bit_exact(tmp_path) -> None:
