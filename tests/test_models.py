@@ -118,3 +118,44 @@ def test_export_round_trip_fp32_and_fp16(tmp_path) -> None:
         with torch.no_grad():
             got = model(x)
         torch.testing.assert_close(got, ref, atol=(2e-2 if fp16 else 0), rtol=(2e-2 if fp16 else 0))
+
+
+def _module_imports(root) -> dict[str, set[str]]:
+    """Every import (module level or inside a function) between the modules under `root`."""
+    import ast
+    from pathlib import Path
+
+    base = Path(root).parent
+    mods = {".".join(p.relative_to(base).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in Path(root).rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                         for a in node.names]
+            graph[mod] |= {n for n in names if n in mods and n != mod}
+    return graph
+
+
+@pytest.mark.parametrize("package", [fine_seg, coarse_seg])
+def test_no_import_cycles_even_through_function_level_imports(package) -> None:
+    from pathlib import Path
+
+    graph = _module_imports(Path(package.__file__).parent)
+    state: dict[str, int] = {}
+
+    def visit(mod: str, path: list[str]) -> None:
+        state[mod] = 1
+        for dep in sorted(graph[mod]):
+            assert state.get(dep) != 1, "import cycle: " + " → ".join([*path, mod, dep])
+            if dep not in state:
+                visit(dep, [*path, mod])
+        state[mod] = 2
+
+    for mod in sorted(graph):
+        if mod not in state:
+            visit(mod, [])

@@ -6,8 +6,8 @@
     passion  self-distillation full path → single-modality paths, relative preference
     hga      PASSION trained sequentially over the 15 modality groups + Reptile steps
 
-`build_model(cfg)` builds the network of a model config whose `method` is not plain (called
-from `fine_seg.build_model`); `build_method(name, settings, ...)` the trainer hooks, with the
+`fine_seg.build_model(cfg)` builds the network of a model config whose `method` is not plain
+(`fine_seg.missing.net.MultiEncoderNet`); `build_method(name, settings, ...)` the trainer hooks, with the
 method's own settings model (pipeline.config.ShaSpecSettings, LCKDSettings, PassionSettings,
 HGASettings: every default lives there).
 """
@@ -19,12 +19,6 @@ from typing import Any
 from fine_seg.missing.method import MissingMethod, StepOutput
 
 METHODS = ("plain", "shaspec", "lckd", "passion", "hga")
-
-
-def build_model(cfg: dict[str, Any]) -> Any:
-    from fine_seg.missing.net import MultiEncoderNet
-
-    return MultiEncoderNet(cfg)
 
 
 def build_method(name: str, settings: Any, **kw: Any) -> MissingMethod | None:
@@ -53,4 +47,4 @@ def model_fields(name: str, settings: Any) -> dict[str, Any]:
             "specific_channels": list(channels) if channels else None}
 
 
-__all__ = ["METHODS", "MissingMethod", "StepOutput", "build_method", "build_model", "model_fields"]
+__all__ = ["METHODS", "MissingMethod", "StepOutput", "build_method", "model_fields"]
