@@ -16,6 +16,7 @@ import numpy as np
 from torch import nn
 
 from evaluation.subsets import SubsetCase, evaluate_subsets, summarise
+from pipeline.errors import SegpipeError
 from pipeline.training.distributed import gather_objects, shard
 from pipeline.training.step import RunContext
 from pipeline.training.validate import Scorer, predict_probs
@@ -26,7 +27,7 @@ def _cases(run: RunContext) -> list[SubsetCase]:
     for cid in shard(run.val_ids, run.ctx):
         sample = run.source.load(cid, run.spec.sample_stage)
         if sample.label is None:
-            raise ValueError(f"case {cid}: validation case without a label map")
+            raise SegpipeError(f"case {cid}: validation case without a label map")
         out.append(SubsetCase(cid, np.asarray(sample.label), (1.0, 1.0, 1.0),
                               np.asarray(sample.modality_mask, bool), sample))
     return out
