@@ -87,7 +87,8 @@ def test_corrupted_unlabeled_scan_ranks_last(tmp_path) -> None:
 
     from pipeline.config import TrainSection
 
-    cfg = TrainSection.model_validate({"uif": {"enabled": True, "refresh_every": 1, "start_epoch": 2, "keep": 4}})
+    cfg = TrainSection.model_validate({"cps": {"enabled": True},
+                                       "uif": {"enabled": True, "refresh_every": 1, "start_epoch": 2, "keep": 4}})
     state = uif.new_state()
     run = RunContext(spec, source, cfg, DistContext(), AmpPolicy("cpu", None, None), tmp_path, [], [], sorted(samples))
     pool1 = uif.refresh(1, nets, run, sorted(samples), state)
