@@ -205,7 +205,7 @@ def bench_step(store: SampleStore) -> None:
     import torch
 
     from coarse_seg.model import build_model as build_coarse
-    from fine_seg.model import build_model as build_fine
+    from fine_seg import build_model as build_fine
 
     torch.set_num_threads(os.cpu_count() or 1)
     cid = store.case_ids("labeled")[0]

@@ -1,4 +1,5 @@
-"""What is specific to training the coarse stage: its model config, sample and patch size."""
+"""What is specific to training the coarse stage: its model config, sample and patch size, and
+the modality dropout of multi-modal tasks (`coarse.modality_dropout`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.tasks import TaskSpec
+from pipeline.training.modality_dropout import with_modality_dropout
 
 
 def model_config(config: Any, task: TaskSpec) -> dict[str, Any]:
@@ -22,9 +24,11 @@ def stage_spec(config: Any, task: TaskSpec) -> Any:
         st.patch_size = config.prepare.coarse_size  # whole coarse sample
         if st.patch_size is None and st.batch_size > 1:
             raise ConfigError("coarse.train.patch_size: needed when prepare.coarse_spacing gives samples of varying size")
-    return StageSpec(
-        name="coarse", model_config=model_config(config, task), train=st, num_classes=task.num_classes,
-        sample_stage="coarse",
-        info={"task": task.name, "modalities": list(task.modalities), "labels": {str(k): v for k, v in task.labels.items()},
-              "sample_size": config.prepare.coarse_size, "sample_spacing": config.prepare.coarse_spacing},
-    )
+    info = {"task": task.name, "modalities": list(task.modalities), "labels": {str(k): v for k, v in task.labels.items()},
+            "sample_size": config.prepare.coarse_size, "sample_spacing": config.prepare.coarse_spacing}
+    loader = None
+    if config.coarse.modality_dropout > 0:  # the localiser must work on any modality subset too
+        loader = with_modality_dropout(None, "coarse", config.coarse.modality_dropout)
+        info["modality_dropout"] = config.coarse.modality_dropout
+    return StageSpec(name="coarse", model_config=model_config(config, task), train=st, num_classes=task.num_classes,
+                     sample_stage="coarse", loader=loader, info=info)

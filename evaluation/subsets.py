@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from evaluation.brats import REGION_ORDER, case_labels
+from evaluation.surface import dice, label_mask
 from fine_seg.missing.subsets import all_subsets, subset_mask, subset_name
 from pipeline.fsutil import atomic_write_text
 from pipeline.log import get_logger
@@ -71,25 +72,28 @@ def evaluate_subsets(predict: Predict, cases: Iterable[SubsetCase], subsets: Seq
                 failed.append({"case": case.case_id, "subset": name, "reason": reason})
                 continue
             rows[name]["cases"][case.case_id] = {r: {"dice": v["dice"], "hd95": v.get("hd95")} for r, v in scores.items()}
-    for row in rows.values():
-        row["n_cases"] = len(row["cases"])
-        row["mean"] = _mean(list(row["cases"].values()))
-    scored = [r["mean"] for r in rows.values() if r["n_cases"]]
-    mean = {reg: {m: _nanmean([r[reg][m] for r in scored]) for m in ("dice", "hd95")} for reg in REGION_ORDER}
+    mean = summarise(rows)
     return {"task": "brats-subsets", "convention": convention, "regions": list(REGION_ORDER),
             "modalities": list(names), "subsets": rows, "mean_over_subsets": mean,
             "subsets_without_cases": [n for n, r in rows.items() if not r["n_cases"]], "failed": failed}
 
 
+def summarise(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Fill each subset row's `n_cases` and `mean` from its `cases`; return the mean over the
+    subsets that have cases, per region and metric (the papers' bottom line)."""
+    for row in rows.values():
+        row["n_cases"] = len(row["cases"])
+        row["mean"] = _mean(list(row["cases"].values()))
+    scored = [r["mean"] for r in rows.values() if r["n_cases"]]
+    return {reg: {m: _nanmean([r[reg][m] for r in scored]) for m in ("dice", "hd95")} for reg in REGION_ORDER}
+
+
 def _dice_only(gt: np.ndarray, pred: np.ndarray, convention: str) -> dict[str, dict[str, Any]]:
     from evaluation.brats import REGIONS
 
-    out = {}
-    for reg in REGION_ORDER:
-        g, p = np.isin(gt, REGIONS[convention][reg]), np.isin(pred, REGIONS[convention][reg])
-        n = int(g.sum()) + int(p.sum())
-        out[reg] = {"dice": 1.0 if n == 0 else 2.0 * int((g & p).sum()) / n, "hd95": None}
-    return out
+    regions = REGIONS[convention]
+    return {reg: {"dice": dice(label_mask(gt, regions[reg]), label_mask(pred, regions[reg]), empty=1.0), "hd95": None}
+            for reg in REGION_ORDER}
 
 
 def _nanmean(values: list[Any]) -> float | None:

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+from pipeline import preprocess
 
 Spacing = Sequence[float]
 
@@ -180,15 +184,10 @@ class SurfaceDistances:
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Tight bounding box of a 3D boolean mask, or None when it is empty."""
-    box = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
+    """Tight bounding box of a boolean mask as slices, or None when it is empty
+    (`pipeline.preprocess.bounding_box`, the one implementation, as slices)."""
+    box = preprocess.bounding_box(mask)
+    return None if box is None else tuple(slice(lo, hi) for lo, hi in box)
 
 
 def union_box(*boxes: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
@@ -276,14 +275,48 @@ def robust_hausdorff(sd: SurfaceDistances, percent: float = 95.0) -> float:
     )
 
 
-def dice(gt: np.ndarray, pred: np.ndarray) -> float:
-    """Volumetric Dice; NaN when both masks are empty (callers apply their challenge's rule)."""
-    gt = np.asarray(gt, dtype=bool)
-    pred = np.asarray(pred, dtype=bool)
-    total = int(np.count_nonzero(gt)) + int(np.count_nonzero(pred))
+def _as_mask(mask: Any) -> Any:
+    """A torch tensor stays one (on its device); anything else becomes a numpy bool array."""
+    return np.asarray(mask, dtype=bool) if isinstance(mask, np.ndarray) or not hasattr(mask, "bool") else mask.bool()
+
+
+def _count(mask: Any) -> int:
+    return int(np.count_nonzero(mask)) if isinstance(mask, np.ndarray) else int(mask.count_nonzero())
+
+
+def dice(gt: Any, pred: Any, *, empty: float = float("nan")) -> float:
+    """Volumetric Dice of two boolean masks: numpy arrays, or torch tensors on any device.
+
+    segpipe's one Dice. `empty` is the score when both masks are empty, a rule each caller
+    states: NaN (undefined, the default; FLARE's and a mean over classes leave it out), 1.0
+    (BraTS: nothing to find and nothing found), 0.0 (UIF: an empty pseudo-label teaches nothing).
+    """
+    gt, pred = _as_mask(gt), _as_mask(pred)
+    total = _count(gt) + _count(pred)
     if total == 0:
-        return float("nan")
-    return 2.0 * int(np.count_nonzero(gt & pred)) / total
+        return float(empty)
+    return 2.0 * _count(gt & pred) / total
+
+
+def label_mask(labels_map: Any, labels: int | Sequence[int]) -> Any:
+    """Where `labels_map` holds `labels` (one label, or a region: any of several), numpy or torch."""
+    ids = (labels,) if isinstance(labels, int) else tuple(labels)
+    if isinstance(labels_map, np.ndarray):
+        return np.isin(labels_map, ids)
+    if len(ids) == 1:
+        return labels_map == ids[0]
+    import torch
+
+    return torch.isin(labels_map, torch.tensor(ids, device=labels_map.device, dtype=labels_map.dtype))
+
+
+def mean_dice(gt: Any, pred: Any, labels: Iterable[int | Sequence[int]], *, empty: float = float("nan"),
+              none: float = float("nan")) -> float:
+    """Mean of `dice` over labels (or regions) of two label maps. A label empty in both scores
+    `empty` (NaN: left out of the mean); `none` when no label is scored at all."""
+    scores = [dice(label_mask(gt, lab), label_mask(pred, lab), empty=empty) for lab in labels]
+    scores = [s for s in scores if not math.isnan(s)]
+    return float(np.mean(scores)) if scores else float(none)
 
 
 # --------------------------------------------------------------------------------------

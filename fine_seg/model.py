@@ -122,11 +122,3 @@ class EfficientSegNet(nn.Module):
     def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:
         return self.decode(self.fuse(self.encode(self.prepare_input(x, modality_mask)), modality_mask))
 
-
-def build_model(cfg: dict[str, Any]) -> nn.Module:
-    """The single constructor used by training, export and inference."""
-    if cfg.get("method", "plain") != "plain":  # missing-modality methods (fine_seg/missing/)
-        from fine_seg.missing import build_model as build_missing
-
-        return build_missing(cfg)
-    return EfficientSegNet({k: v for k, v in cfg.items() if k != "method"})

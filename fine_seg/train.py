@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from pipeline.tasks import TaskSpec
+from pipeline.training.modality_dropout import with_modality_dropout
 
 
 def model_config(config: Any, task: TaskSpec) -> dict[str, Any]:
@@ -39,25 +40,31 @@ def stage_spec(config: Any, task: TaskSpec, source: Any = None) -> Any:
     if st.patch_size is None:
         st.patch_size = config.prepare.fine_size
     loader = None
+    info = {"task": task.name, "modalities": list(task.modalities), "labels": {str(k): v for k, v in task.labels.items()},
+            "sample_size": config.prepare.fine_size, "roi_margin_mm": config.prepare.fine_margin_mm}
     if config.fine.roi_jitter_mm > 0 and config.fine.roi_jitter_p > 0 and hasattr(source, "fine_crop"):
         loader = jitter_loader(config.fine.roi_jitter_mm, config.fine.roi_jitter_p)
-    return StageSpec(
-        name="fine", model_config=model_config(config, task), train=st, num_classes=task.num_classes,
-        sample_stage="fine", loader=loader, method=_method(config, task, st),
-        info={"task": task.name, "modalities": list(task.modalities), "labels": {str(k): v for k, v in task.labels.items()},
-              "sample_size": config.prepare.fine_size, "roi_margin_mm": config.prepare.fine_margin_mm},
-    )
+    if config.fine.modality_dropout > 0:  # the plain network (the methods have their own schedules)
+        loader = with_modality_dropout(loader, "fine", config.fine.modality_dropout)
+        info["modality_dropout"] = config.fine.modality_dropout
+    method = _method(config, task, st)
+    scorer = None
+    if method is not None:  # model selection as the papers report: the mean over the modality subsets
+        from fine_seg.missing.validate import subset_scorer
+
+        scorer = subset_scorer(task.modalities)
+        info["model_selection"] = "mean validation Dice over regions and the 15 modality subsets"
+    return StageSpec(name="fine", model_config=model_config(config, task), train=st, num_classes=task.num_classes,
+                     sample_stage="fine", loader=loader, method=method, scorer=scorer, info=info)
 
 
 def _method(config: Any, task: TaskSpec, st: Any) -> Any:
     """Per-step hooks of `fine.method` (None for plain); see fine_seg/missing/."""
     from fine_seg.missing import build_method
 
-    if config.fine.method != "plain":
+    if config.fine.method != "plain":  # (method + CPS is rejected by the config's validation)
         from pipeline.errors import ConfigError
 
-        if config.train.cps.enabled:
-            raise ConfigError(f"fine.method {config.fine.method} cannot be combined with train.cps")
         if len(task.modalities) < 2:
             raise ConfigError(f"fine.method {config.fine.method} needs a multi-modal task (task {task.name} has one input)")
     return build_method(config.fine.method, config.fine.missing, num_classes=task.num_classes, loss_kind=st.loss,

@@ -4,12 +4,11 @@
     .venv/bin/python model_weights/regenerate.py brats
 
 synth (fixed seeds, mixed header orientations) → `segpipe prepare` → `segpipe train coarse` →
-`segpipe train fine` → fp16 safetensors + manifest in model_weights/<task>_demo/. The configs
-are model_weights/demo/<task>.yaml; training runs on the CPU with fixed seeds and 2 threads.
-The BraTS coarse localiser trains with random modality dropout (`modality_dropout_loader`)
-through the plain network's modality-mask input; the fine stage trains with `fine.method` of the
-config (ShaSpec, the best method by bench/missing_modality.py) or, with `method: plain`, the
-plain network with the same random modality dropout.
+`segpipe train fine` (the stage commands a user runs, nothing set up here) → fp16 safetensors +
+manifest in model_weights/<task>_demo/. The configs are model_weights/demo/<task>.yaml; training
+runs on the CPU with fixed seeds. The BraTS coarse localiser trains with random modality dropout
+(`coarse.modality_dropout`); the fine stage with `fine.method` of the config (ShaSpec, the best
+method by bench/missing_modality.py) or, with `method: plain`, `fine.modality_dropout`.
 """
 
 from __future__ import annotations
@@ -25,59 +24,6 @@ sys.path.insert(0, str(ROOT))
 ORIENTATIONS = ("lps", "ras", "permuted", "oblique")
 
 
-def modality_dropout_loader(stage: str, p_drop: float = 0.5, roi_jitter_mm: float = 0.0, roi_jitter_p: float = 0.5):
-    """Training loader of `stage`: with probability p_drop, a random non-empty strict subset of the
-    modalities is kept and the others are zeroed and marked missing (ShaSpec's random mode).
-    Fine stage with roi_jitter_mm > 0: with probability roi_jitter_p the ROI margin of each side
-    is redrawn within ± roi_jitter_mm (SampleStore.fine_crop), so that the network tolerates the
-    coarse stage's boxes at inference."""
-    import numpy as np
-
-    def load(source, case_id: str, seed: int):
-        rng = np.random.default_rng(seed ^ 0xD80F)
-        if stage == "fine" and roi_jitter_mm > 0 and rng.random() < roi_jitter_p:
-            sample = source.fine_crop(case_id, jitter_mm=roi_jitter_mm, rng=rng)
-        else:
-            sample = source.load(case_id, stage)
-        n = len(sample.modality_mask)
-        if n < 2 or rng.random() >= p_drop:
-            return sample
-        keep = np.zeros(n, bool)
-        keep[rng.choice(n, size=int(rng.integers(1, n)), replace=False)] = True
-        mask = np.asarray(sample.modality_mask, bool) & keep
-        if not mask.any():
-            return sample
-        image = np.array(sample.image, dtype=np.float32)
-        image[~mask] = 0.0
-        sample.image, sample.modality_mask = image, mask
-        return sample
-
-    return load
-
-
-def plain_fine_spec(cfg, task):
-    """The fine stage with the plain shared-encoder network (modality mask input), built here
-    rather than by fine_seg.train so that the demo stays on the plain interface; multi-modal
-    tasks get random modality dropout."""
-    from pipeline.training.trainer import StageSpec
-
-    st = cfg.fine.train.model_copy()
-    if st.patch_size is None:
-        st.patch_size = cfg.prepare.fine_size
-    info = {"task": task.name, "modalities": list(task.modalities), "labels": {str(k): v for k, v in task.labels.items()},
-            "sample_size": cfg.prepare.fine_size, "roi_margin_mm": cfg.prepare.fine_margin_mm}
-    jitter = float(cfg.fine.roi_jitter_mm)
-    drop = 0.5 if len(task.modalities) > 1 else 0.0
-    loader = None
-    if drop or jitter:
-        loader = modality_dropout_loader("fine", drop, jitter, float(cfg.fine.roi_jitter_p))
-        info.update(modality_dropout=drop, roi_jitter_mm=jitter)
-    model_config = {"in_channels": len(task.modalities), "num_classes": task.num_classes,
-                    **cfg.fine.model.model_dump(mode="json")}
-    return StageSpec(name="fine", model_config=model_config, train=st, num_classes=task.num_classes,
-                     sample_stage="fine", loader=loader, info=info)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=["flare", "brats"])
@@ -90,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config
     from pipeline.inference.synthetic import write_brats_dataset, write_flare_dataset
     from pipeline.log import get_logger, setup_logging
-    from pipeline.training.export import stage_dir
     from pipeline.weights import package_work
 
     setup_logging()
@@ -113,34 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         from data_prepare.runner import print_summary, run_prepare
 
         print_summary(run_prepare(data, prepared, config.prepare, task=args.task))
-    from pipeline.commands.train import resolve_config
-    from pipeline.samples import SampleStore
-    from pipeline.tasks import get_task
-    from pipeline.training.distributed import init_distributed
-    from pipeline.training.trainer import train_stage
+    from pipeline.cli import main as segpipe
 
-    for stage in ("coarse", "fine"):
+    for stage in ("coarse", "fine"):  # exactly `segpipe train <stage>`, as a user runs it
         if stage not in stages:
             continue
-        store = SampleStore(prepared)
-        cfg = resolve_config(store, str(cfg_path), [])
-        task = get_task(cfg.task.name)
-        if stage == "coarse":
-            from coarse_seg.train import stage_spec
-
-            spec = stage_spec(cfg, task)
-            if len(task.modalities) > 1:  # the localiser must work on any modality subset too
-                spec.loader = modality_dropout_loader("coarse", 0.3)
-                spec.info["modality_dropout"] = 0.3
-        elif cfg.fine.method == "plain":
-            spec = plain_fine_spec(cfg, task)
-        else:  # a missing-modality method: its own dropout schedule, CSSN's ROI jitter
-            from fine_seg.train import stage_spec as fine_stage_spec
-
-            spec = fine_stage_spec(cfg, task, store)
-        summary = train_stage(spec, store, cfg.train, stage_dir(prepared, stage), ctx=init_distributed("cpu"))
-        log.info("%s: best validation Dice %s at epoch %s (%.0f s so far)", stage, summary["best_dice"],
-                 summary["best_epoch"], time.perf_counter() - t0)
+        rc = segpipe(["train", stage, "--work", str(prepared), "--config", str(cfg_path), "--device", "cpu"])
+        if rc:
+            log.error("%s: segpipe train failed (exit %d)", stage, rc)
+            return rc
+        log.info("%s: trained (%.0f s so far)", stage, time.perf_counter() - t0)
     if "package" in stages:
         dest = Path(args.dest or ROOT / "model_weights" / f"{args.task}_demo")
         manifest = package_work(prepared, dest, name=dest.name, fp16=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -120,32 +120,67 @@ class FineModelSection(ModelSection):
 class CoarseSection(Section):
     model: ModelSection = ModelSection()
     train: StageTrainSection = StageTrainSection()
+    # multi-modal tasks: with this probability a training sample keeps only a random non-empty
+    # strict subset of its modalities (the others zeroed and marked missing), so that the
+    # localiser works on whatever subset a test case brings
+    modality_dropout: float = Field(0.0, ge=0, le=1)
 
 
-class MissingSection(Section):
-    """Settings of the missing-modality methods (issue #6; fine_seg/missing/)."""
-
-    # modality dropout (shaspec, lckd): warm-up with every available modality, then each sample
-    # is reduced to a random non-empty subset of its modalities with probability dropout_p
+# --- missing-modality methods (issue #6; fine_seg/missing/): one settings model per method,
+# chosen by fine.method; a key of another method is an error like any unknown key ---
+class _DropoutSettings(Section):
+    # warm-up with every available modality, then each sample is reduced to a random non-empty
+    # subset of its modalities with probability dropout_p
     dropout: Literal["random", "none"] = "random"
     warmup_fraction: float = Field(0.44, ge=0, le=1)  # ShaSpec: 80k of 180k iterations
     dropout_p: float = Field(1.0, ge=0, le=1)
-    specific_channels: list[int] | None = None  # shaspec specific encoders; None → fine.model.channels
-    align_weight: float = Field(0.1, ge=0)  # shaspec: L1 between shared features of modality pairs
-    cls_weight: float = Field(0.02, ge=0)  # shaspec: modality classification on specific features
-    distill_weight: float = Field(0.1, ge=0)  # lckd: L1 teacher → student bottleneck features
-    elect_every: int = Field(5, ge=1)  # lckd: epochs between teacher elections (validation split)
+
+
+class ShaSpecSettings(_DropoutSettings):
+    method: Literal["shaspec"] = "shaspec"
+    specific_channels: list[int] | None = None  # specific encoders; None → fine.model.channels
+    align_weight: float = Field(0.1, ge=0)  # L1 between shared features of modality pairs
+    cls_weight: float = Field(0.02, ge=0)  # modality classification on specific features
+
+
+class LCKDSettings(_DropoutSettings):
+    method: Literal["lckd"] = "lckd"
+    distill_weight: float = Field(0.1, ge=0)  # L1 teacher → student bottleneck features
+    elect_every: int = Field(5, ge=1)  # epochs between teacher elections (validation split)
     initial_teacher: Literal["flair", "t1", "t1ce", "t2"] = "flair"
-    temperature: float = Field(4.0, gt=0)  # passion/hga: KL temperature
+
+
+class _SelfDistillSettings(Section):
+    temperature: float = Field(4.0, gt=0)  # KL temperature
     kl_weight: float = Field(0.5, ge=0)
-    proto_weight: float | None = Field(None, ge=0)  # None → 0.1 (passion) / 0.02 (hga)
     beta_min: float = Field(0.1, gt=0)
     beta_max: float = Field(4.0, gt=0)
     beta_norm: float = Field(2.0, gt=0)  # ‖β‖₂ after each update
     eta: float = Field(0.01, ge=0)  # β step size ...
     eta_growth: float = Field(1.5, ge=1)  # ... multiplied by this ...
     eta_growth_every: int = Field(100, ge=1)  # ... every this many epochs
-    reptile_eps: tuple[float, float] = (0.1, 1.0)  # hga: interpolation ε from → to over training
+
+
+class PassionSettings(_SelfDistillSettings):
+    method: Literal["passion"] = "passion"
+    proto_weight: float = Field(0.1, ge=0)
+
+
+class HGASettings(_SelfDistillSettings):
+    method: Literal["hga"] = "hga"
+    proto_weight: float = Field(0.02, ge=0)
+    reptile_eps: tuple[float, float] = (0.1, 1.0)  # interpolation ε from → to over training
+
+
+MissingSection = Annotated[ShaSpecSettings | LCKDSettings | PassionSettings | HGASettings,
+                           Field(discriminator="method")]
+METHOD_SETTINGS: dict[str, type[Section]] = {"shaspec": ShaSpecSettings, "lckd": LCKDSettings,
+                                              "passion": PassionSettings, "hga": HGASettings}
+
+
+def missing_settings(method: str, **values: Any) -> Section:
+    """The validated settings of a missing-modality method (defaults + `values`)."""
+    return METHOD_SETTINGS[method].model_validate(values)
 
 
 class FineSection(Section):
@@ -153,9 +188,38 @@ class FineSection(Section):
     train: StageTrainSection = StageTrainSection()
     # missing-modality training method (issue #6): plain = the network above, zero-filled inputs
     method: Literal["plain", "shaspec", "lckd", "passion", "hga"] = "plain"
-    missing: MissingSection = MissingSection()
+    # the method's settings (ShaSpecSettings, ...); filled with its defaults, None for plain
+    missing: MissingSection | None = None
     roi_jitter_mm: float = Field(0.0, ge=0)  # CSSN: 40 mm; needs the raw images (SampleStore.fine_crop)
     roi_jitter_p: float = Field(0.5, ge=0, le=1)
+    modality_dropout: float = Field(0.0, ge=0, le=1)  # plain method only: as coarse.modality_dropout
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_of_the_method(cls, data: Any) -> Any:
+        """`missing` takes its method from `method`: defaults when absent, an error when they disagree."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        method, missing = data.get("method", "plain"), data.get("missing")
+        if method == "plain":
+            if missing:
+                raise ValueError("missing: settings of a missing-modality method, but fine.method is plain")
+            data["missing"] = None
+        elif missing is None:
+            data["missing"] = {"method": method}
+        elif isinstance(missing, dict):
+            if missing.get("method", method) != method:
+                raise ValueError(f"missing.method {missing['method']} differs from fine.method {method}")
+            data["missing"] = {**missing, "method": method}
+        return data
+
+    @model_validator(mode="after")
+    def _dropout_of_plain_only(self) -> FineSection:
+        if self.method != "plain" and self.modality_dropout > 0:
+            raise ValueError(f"modality_dropout is the plain network's; fine.method {self.method} has its own "
+                             "schedule (fine.missing)")
+        return self
 
 
 class CPSSection(Section):
@@ -268,6 +332,16 @@ class TrainSection(Section):
     uif: UIFSection = UIFSection()
     augment: AugmentSection = AugmentSection()
 
+    @model_validator(mode="after")
+    def _combinations(self) -> TrainSection:
+        if self.uif.enabled and not self.cps.enabled:
+            raise ValueError("uif.enabled needs cps.enabled (UIF chooses the unlabeled scans CPS learns from)")
+        if len(self.step_milestones) != len(self.step_factors):
+            raise ValueError("step_milestones and step_factors need the same length")
+        if any(not 0 < m < 1 for m in self.step_milestones) or sorted(self.step_milestones) != self.step_milestones:
+            raise ValueError("step_milestones: increasing fractions of training in (0, 1)")
+        return self
+
 
 # --- inference (issue #5): `segpipe predict`; see pipeline/inference/ ---
 # The postprocessing schema (rules: pipeline/inference/postprocess.py). Also read from a weights
@@ -336,6 +410,26 @@ class SegpipeConfig(Section):
     train: TrainSection = TrainSection()
     predict: PredictSection = PredictSection()
 
+    @model_validator(mode="after")
+    def _training_combinations(self) -> SegpipeConfig:
+        """Settings that are valid alone but do not work together."""
+        from pipeline.tasks import get_task
+
+        method, single = self.fine.method, len(get_task(self.task.name).modalities) < 2
+        if method != "plain":
+            if self.train.cps.enabled:
+                raise ValueError(f"fine.method {method} cannot be combined with train.cps (the methods train one "
+                                 "network on labeled cases)")
+            if single:
+                raise ValueError(f"fine.method {method} needs a multi-modal task (task {self.task.name} has one input)")
+            if self.fine.model.mask_channels:
+                raise ValueError(f"fine.model.mask_channels is the plain network's; fine.method {method} encodes each "
+                                 "modality apart and knows which are missing")
+        for stage in ("coarse", "fine"):
+            if single and getattr(self, stage).modality_dropout > 0:
+                raise ValueError(f"{stage}.modality_dropout needs a multi-modal task (task {self.task.name} has one input)")
+        return self
+
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
@@ -392,7 +486,7 @@ def validate_config(data: dict[str, Any], source: str, overrides: list[str] | No
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SegpipeConfig:

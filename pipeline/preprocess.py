@@ -94,10 +94,12 @@ def upsample_mask_stride(mask: np.ndarray, shape: Sequence[int], stride: int = 2
 
 
 def bounding_box(mask: np.ndarray) -> IntBox | None:
-    """Half-open box of the non-zero voxels, or None for an empty mask."""
+    """Half-open box ((lo, hi) per axis) of the non-zero voxels, or None for an empty mask.
+    The one bounding box of segpipe (evaluation.surface crops with it too); any number of axes."""
+    mask = np.asarray(mask)
     box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
         hit = np.flatnonzero(np.any(mask, axis=other))
         if hit.size == 0:
             return None

@@ -173,3 +173,33 @@ def test_hd95_voxel_matches_medpy_on_adversarial_masks(name):
         assert S.hd95_voxel(a, b, spacing) == pytest.approx(medpy_binary.hd95(a, b, spacing), abs=TOL)
     with pytest.raises(ValueError):
         S.hd95_voxel(a, np.zeros_like(a), (1, 1, 1))
+
+
+def test_one_dice_for_numpy_and_torch_with_an_explicit_empty_rule():
+    import torch
+
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 4, (6, 7, 8)), rng.integers(0, 4, (6, 7, 8))
+    for labels in (1, (1, 3)):
+        ga, pb = S.label_mask(a, labels), S.label_mask(b, labels)
+        assert S.dice(ga, pb) == pytest.approx(medpy_binary.dc(ga, pb), abs=TOL)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        assert S.dice(S.label_mask(ta, labels), S.label_mask(tb, labels)) == S.dice(ga, pb)
+    empty = np.zeros((3, 3, 3), bool)
+    assert np.isnan(S.dice(empty, empty))
+    assert S.dice(empty, empty, empty=1.0) == 1.0 and S.dice(empty, empty, empty=0.0) == 0.0
+    # the mean over labels leaves out labels empty on both sides (NaN) unless `empty` scores them
+    gt, pred = np.array([0, 1, 1, 2, 2, 2]), np.array([0, 1, 0, 2, 2, 0])
+    assert S.mean_dice(gt, pred, [1, 2, 3]) == pytest.approx(np.mean([2 / 3, 4 / 5]))
+    assert S.mean_dice(gt, pred, [1, 2, 3], empty=1.0) == pytest.approx(np.mean([2 / 3, 4 / 5, 1.0]))
+    assert S.mean_dice(np.zeros(4), np.zeros(4), [1, 2], none=0.0) == 0.0
+
+
+def test_bounding_box_is_the_preprocessing_box_as_slices():
+    from pipeline.preprocess import bounding_box
+
+    m = np.zeros((5, 6, 7), bool)
+    m[1:3, 2, 4:7] = True
+    assert bounding_box(m) == ((1, 3), (2, 3), (4, 7))
+    assert S.bounding_box(m) == (slice(1, 3), slice(2, 3), slice(4, 7))
+    assert bounding_box(m[2]) == ((2, 3), (4, 7)) and S.bounding_box(np.zeros((2, 2), bool)) is None

@@ -17,13 +17,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "data_prepare", "coarse_seg", "fine_seg", "evaluation")
-# being removed on another branch (fine_seg/model.py imports fine_seg.missing inside a function,
-# fine_seg/missing/net.py imports fine_seg.model): tolerated here until that branch is merged
-KNOWN_FINE_SEG_CIRCLE = frozenset({"fine_seg.model", "fine_seg.missing", "fine_seg.missing.net"})
 
 
 def project_modules() -> dict[str, Path]:
@@ -119,14 +114,8 @@ def test_circle_finder_sees_a_circle_hidden_in_a_function():
 
 
 def test_no_import_circles_between_project_modules():
-    found = [c for c in circles(import_graph()) if c != KNOWN_FINE_SEG_CIRCLE]
+    found = circles(import_graph())
     assert not found, "import circles: " + "; ".join(" ↔ ".join(sorted(c)) for c in found)
-
-
-@pytest.mark.xfail(reason="fine_seg/model.py ↔ fine_seg/missing is being fixed on another branch; "
-                          "drop this mark (and KNOWN_FINE_SEG_CIRCLE) once it is merged", strict=False)
-def test_the_known_fine_seg_circle_is_gone():
-    assert KNOWN_FINE_SEG_CIRCLE not in circles(import_graph())
 
 
 IMPORT_EACH_FIRST = textwrap.dedent("""

@@ -9,6 +9,7 @@ import types
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fine_seg.missing.losses import (
     alignment_loss,
@@ -26,7 +27,7 @@ from fine_seg.missing.subsets import (
     schedule_masks,
     subset_name,
 )
-from pipeline.config import MissingSection
+from pipeline.config import missing_settings
 
 RATES = {"flair": 0.6, "t1": 0.2, "t1ce": 0.4, "t2": 0.8}
 
@@ -114,15 +115,20 @@ def test_feature_distillation_is_teacher_to_student_only() -> None:
     assert float(feature_distillation_loss(f, mask, teachers=[1]).detach()) == 0.0  # absent teacher
 
 
-def test_kl_distillation_matches_the_formula() -> None:
+def test_kl_distillation_against_reference_values() -> None:
+    # hand-computed: teacher p = (1/4, 3/4), student p = (1/2, 1/2) → KL = ¼ln½ + ¾ln(3/2)
+    t = torch.tensor([0.0, np.log(3.0)]).view(1, 2, 1, 1, 1)
+    s = torch.zeros(1, 2, 1, 1, 1)
+    ref = 0.25 * np.log(0.5) + 0.75 * np.log(1.5)  # 0.130812...
+    assert float(kl_distillation(t, s, temperature=1.0)) == pytest.approx(ref, rel=1e-6)
+    # at T = 2 the logits are halved and the term scaled by T² = 4 (PASSION's temp_kl_loss_bs)
+    assert float(kl_distillation(2 * t, s, temperature=2.0)) == pytest.approx(4 * ref, rel=1e-6)
+    # unclamped probabilities: torch's own KL, voxel-averaged per sample
     g = torch.Generator().manual_seed(0)
     t, s = torch.randn(2, 4, 3, 3, 3, generator=g), torch.randn(2, 4, 3, 3, 3, generator=g)
+    torch_kl = F.kl_div(torch.log_softmax(s / 4, 1), torch.log_softmax(t / 4, 1), reduction="none", log_target=True)
+    assert torch.allclose(kl_distillation(t, s), 16 * torch_kl.sum(1).flatten(1).mean(1), atol=1e-6)
     assert torch.allclose(kl_distillation(t, t), torch.zeros(2), atol=1e-6)
-    pt = torch.softmax(t / 4, 1).clamp(min=0.005)
-    ps = torch.softmax(s / 4, 1).clamp(min=0.005)
-    ref = 16 * (pt * (pt / ps).log()).sum(1).flatten(1).mean(1)
-    assert torch.allclose(kl_distillation(t, s), ref, atol=1e-6)
-    assert bool((kl_distillation(t, s) > 0).all())
     s.requires_grad_()
     t.requires_grad_()
     kl_distillation(t, s).sum().backward()
@@ -204,8 +210,8 @@ def test_beta_update_direction_clamping_and_norm() -> None:
     assert relative_preference([1.0, 3.0, None, 2.0]) == pytest.approx([-0.5, 0.5, 0.0, 0.0])
 
 
-def _settings(**kw):
-    return MissingSection(**kw)
+def _settings(method: str = "passion", **kw):
+    return missing_settings(method, **kw)
 
 
 def test_passion_epoch_end_updates_beta_and_grows_eta() -> None:
@@ -225,7 +231,7 @@ def test_passion_epoch_end_updates_beta_and_grows_eta() -> None:
 def test_hga_plan_visits_all_fifteen_groups_each_cycle() -> None:
     from fine_seg.missing.hga import HGA
 
-    h = HGA(_settings(), num_classes=4, seed=5)
+    h = HGA(_settings("hga"), num_classes=4, seed=5)
     members = [[f"case{g}"] for g in range(15)]
     plan = h.group_plan(members, first_step=30, steps=30)
     assert sorted(plan[:15]) == list(range(15)) and sorted(plan[15:]) == list(range(15))
@@ -240,7 +246,7 @@ def test_hga_epoch_items_present_their_group() -> None:
 
     masks = imbalanced_masks([f"c{i}" for i in range(40)], RATES, seed=0)
     source = types.SimpleNamespace(load=lambda cid, stage: types.SimpleNamespace(modality_mask=masks[cid]))
-    h = HGA(_settings(), num_classes=4, seed=1)
+    h = HGA(_settings("hga"), num_classes=4, seed=1)
     items = h.epoch_items(source, sorted(masks), count=30 * 2, epoch=1, iters=30, per_step=2)
     assert len(items) == 60
     for s in range(30):
@@ -255,7 +261,7 @@ def test_hga_epoch_items_present_their_group() -> None:
 def test_hga_reptile_interpolates_after_each_cycle() -> None:
     from fine_seg.missing.hga import HGA
 
-    h = HGA(_settings(reptile_eps=(0.1, 1.0)), num_classes=4)
+    h = HGA(_settings("hga", reptile_eps=(0.1, 1.0)), num_classes=4)
     net = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         net.weight.fill_(1.0)

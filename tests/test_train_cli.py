@@ -62,3 +62,26 @@ def test_bad_override_is_one_line_error(work: Path, capsys) -> None:
     assert main(["train", "fine", "--work", str(work), "--set", "train.optimizer=adam"]) == 2
     err = capsys.readouterr().err.strip()
     assert "train.optimizer" in err and "\n" not in err
+
+
+def test_coarse_modality_dropout_comes_from_the_config() -> None:
+    """`segpipe train coarse` on BraTS: `coarse.modality_dropout` sets the loader that drops modalities."""
+    import numpy as np
+
+    from coarse_seg.train import stage_spec
+    from pipeline.config import validate_config
+    from pipeline.tasks import get_task
+    from pipeline.training.data import MemorySample, MemorySource
+
+    cfg = validate_config({"task": {"name": "brats"}, "coarse": {"modality_dropout": 1.0}}, "test")
+    spec = stage_spec(cfg, get_task("brats"))
+    assert spec.info["modality_dropout"] == 1.0
+    image = np.ones((4, 2, 2, 2), np.float32)
+    source = MemorySource({"c": MemorySample(image, None, np.ones(4, bool))}, {"train": ["c"]})
+    for seed in range(20):
+        sample = spec.loader(source, "c", seed)
+        kept = sample.modality_mask
+        assert 1 <= kept.sum() < 4  # a non-empty strict subset, the others zeroed
+        assert (sample.image[~kept] == 0).all() and (sample.image[kept] == 1).all()
+    assert source.load("c").modality_mask.all() and (source.load("c").image == 1).all()  # the source is untouched
+    assert stage_spec(validate_config({"task": {"name": "brats"}}, "t"), get_task("brats")).loader is None

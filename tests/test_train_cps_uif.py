@@ -71,12 +71,13 @@ class SmoothThresholdNet(torch.nn.Module):
 
 
 def test_corrupted_unlabeled_scan_ranks_last(tmp_path) -> None:
-    from test_train_common import make_case
+    from train_helpers import make_case
 
     from pipeline.training.amp import AmpPolicy
     from pipeline.training.data import MemorySource
     from pipeline.training.distributed import DistContext
-    from pipeline.training.trainer import StageSpec, uif_refresh
+    from pipeline.training.step import RunContext
+    from pipeline.training.trainer import StageSpec
 
     samples = {f"u{i:02d}": make_case(i, labeled=False) for i in range(7)}
     samples["u03"] = make_case(99, labeled=False, corrupt=True)  # pure noise, in the middle by id
@@ -86,13 +87,14 @@ def test_corrupted_unlabeled_scan_ranks_last(tmp_path) -> None:
 
     from pipeline.config import TrainSection
 
-    cfg = TrainSection.model_validate({"uif": {"enabled": True, "refresh_every": 1, "start_epoch": 2, "keep": 4}})
-    state = {"uif": {"pool": None, "history": {}, "last_refresh": None}}
-    policy = AmpPolicy("cpu", None, None)
-    pool1 = uif_refresh(1, nets, source, sorted(samples), spec, cfg, DistContext(), policy, state, tmp_path)
+    cfg = TrainSection.model_validate({"cps": {"enabled": True},
+                                       "uif": {"enabled": True, "refresh_every": 1, "start_epoch": 2, "keep": 4}})
+    state = uif.new_state()
+    run = RunContext(spec, source, cfg, DistContext(), AmpPolicy("cpu", None, None), tmp_path, [], [], sorted(samples))
+    pool1 = uif.refresh(1, nets, run, sorted(samples), state)
     assert pool1 == sorted(samples)  # before start_epoch: scored, all kept
     nets[1].t = 0.7  # the second checkpoint moves a little
-    pool2 = uif_refresh(2, nets, source, sorted(samples), spec, cfg, DistContext(), policy, state, tmp_path)
+    pool2 = uif.refresh(2, nets, run, sorted(samples), state)
     ranking = json.loads((tmp_path / "uif" / "ranking.json").read_text())
     assert ranking["applied"] and ranking["kept"] == 4 and ranking["total"] == 7
     rows = ranking["ranking"]
@@ -102,9 +104,9 @@ def test_corrupted_unlabeled_scan_ranks_last(tmp_path) -> None:
     assert "u03" not in pool2 and len(pool2) == 4
     assert pool2 == sorted(r["case_id"] for r in rows if r["selected"])
     # snapshots are bounded: only the two latest refreshes stay on disk
-    uif_refresh(3, nets, source, sorted(samples), spec, cfg, DistContext(), policy, state, tmp_path)
+    uif.refresh(3, nets, run, sorted(samples), state)
     assert sorted(p.name for p in (tmp_path / "uif" / "pseudo_labels").iterdir()) == ["e0002", "e0003"]
-    assert state["uif"]["history"]["u00"][1] == 2
+    assert state["history"]["u00"][1] == 2
 
 
 def test_rank_combines_disagreement_and_instability() -> None:

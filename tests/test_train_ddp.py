@@ -28,7 +28,7 @@ def test_two_gloo_ranks_stay_identical(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "SEGPIPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", str(HERE / "test_train_common.py"), str(out), "--epochs", "2", "--cps",
+           f"--master_port={_free_port()}", str(HERE / "train_helpers.py"), str(out), "--epochs", "2", "--cps",
            "--ddp"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -40,7 +40,7 @@ def test_two_gloo_ranks_stay_identical(tmp_path: Path) -> None:
     assert all(torch.equal(ckpt[k], w0[k]) for k in w0)  # rank 0 checkpointed what it held
     # and the weights did move away from the shared initialisation
     sys.path.insert(0, str(HERE))
-    from test_train_common import coarse_spec, make_config
+    from train_helpers import coarse_spec, make_config
 
     from pipeline.training.trainer import build_pair
 

@@ -149,6 +149,34 @@ def test_tensorboard_events_decode(tmp_path) -> None:
     assert read_scalars(w.path) == [(1, "train/loss", 0.5), (1, "val/dice", 0.25), (2, "train/loss", 0.125)]
 
 
+def test_tensorboard_reads_our_event_files(tmp_path) -> None:
+    """TensorBoard's own reader (dev-only oracle) loads what ScalarWriter wrote: the file version
+    record, every scalar with its step, and nothing else."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from pipeline.training.tb import ScalarWriter
+
+    w = ScalarWriter(tmp_path)
+    w.add(1, {"train/loss": 0.5, "val/dice_net0": 0.25})
+    w.add(2, {"train/loss": 0.125, "train/method/kl": 3.0})
+    w.close()
+    events = list(EventFileLoader(str(w.path)).Load())
+    assert events[0].file_version == "brain.Event:2" and len(events) == 3
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert sorted(acc.Tags()["scalars"]) == ["train/loss", "train/method/kl", "val/dice_net0"]
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 0.5), (2, 0.125)]
+    assert [(e.step, e.value) for e in acc.Scalars("val/dice_net0")] == [(1, 0.25)]
+    assert [(e.step, e.value) for e in acc.Scalars("train/method/kl")] == [(2, 3.0)]
+    # TensorBoard checks our CRCs: a flipped bit in the last record's data drops that record
+    data = bytearray(w.path.read_bytes())
+    data[-6] ^= 0x01
+    w.path.write_bytes(bytes(data))
+    assert [e.step for e in EventFileLoader(str(w.path)).Load()] == [0, 1]
+
+
 def test_checkpoint_round_trip_is_atomic_and_pruned(tmp_path) -> None:
     from pipeline.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -173,7 +201,7 @@ def test_checkpoint_round_trip_is_atomic_and_pruned(tmp_path) -> None:
 
 
 def test_supervised_training_learns_and_writes_outputs(tmp_path) -> None:
-    from test_train_common import coarse_spec, make_config, make_source
+    from train_helpers import coarse_spec, make_config, make_source
 
     from pipeline.training.export import export_stage, load_stage
     from pipeline.training.tb import read_scalars
@@ -197,9 +225,12 @@ def test_supervised_training_learns_and_writes_outputs(tmp_path) -> None:
     # the exported network reproduces the validation Dice recorded for the best epoch
     from pipeline.training.amp import AmpPolicy
     from pipeline.training.distributed import DistContext
-    from pipeline.training.trainer import evaluate
+    from pipeline.training.step import RunContext
+    from pipeline.training.validate import class_dice
 
-    dice = evaluate([model], source, source.case_ids("val"), spec, DistContext(), AmpPolicy("cpu", None, None))
+    run = RunContext(spec, source, cfg.train, DistContext(), AmpPolicy("cpu", None, None), tmp_path, [],
+                     source.case_ids("val"), [])
+    dice = class_dice([model], run)
     assert dice[0] == pytest.approx(summary["best_dice"], abs=1e-6)
 
 

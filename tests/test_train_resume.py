@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SCRIPT = HERE / "test_train_common.py"
+SCRIPT = HERE / "train_helpers.py"
 
 
 def _run(out: Path, *extra: str, wait: bool = True) -> subprocess.Popen:

@@ -6,8 +6,10 @@
     passion  self-distillation full path → single-modality paths, relative preference
     hga      PASSION trained sequentially over the 15 modality groups + Reptile steps
 
-`build_model(cfg)` builds the network of a model config whose `method` is not plain (called
-from `fine_seg.build_model`); `build_method(name, settings, ...)` the trainer hooks.
+`fine_seg.build_model(cfg)` builds the network of a model config whose `method` is not plain
+(`fine_seg.missing.net.MultiEncoderNet`); `build_method(name, settings, ...)` the trainer hooks, with the
+method's own settings model (pipeline.config.ShaSpecSettings, LCKDSettings, PassionSettings,
+HGASettings: every default lives there).
 """
 
 from __future__ import annotations
@@ -17,12 +19,6 @@ from typing import Any
 from fine_seg.missing.method import MissingMethod, StepOutput
 
 METHODS = ("plain", "shaspec", "lckd", "passion", "hga")
-
-
-def build_model(cfg: dict[str, Any]) -> Any:
-    from fine_seg.missing.net import MultiEncoderNet
-
-    return MultiEncoderNet(cfg)
 
 
 def build_method(name: str, settings: Any, **kw: Any) -> MissingMethod | None:
@@ -46,8 +42,9 @@ def model_fields(name: str, settings: Any) -> dict[str, Any]:
     """What the method adds to the fine model config (so exported weights rebuild the same net)."""
     if name == "plain":
         return {}
+    channels = settings.specific_channels if name == "shaspec" else None
     return {"method": name, "specific_encoders": name == "shaspec",
-            "specific_channels": list(settings.specific_channels) if settings.specific_channels else None}
+            "specific_channels": list(channels) if channels else None}
 
 
-__all__ = ["METHODS", "MissingMethod", "StepOutput", "build_method", "build_model", "model_fields"]
+__all__ = ["METHODS", "MissingMethod", "StepOutput", "build_method", "model_fields"]

@@ -5,8 +5,8 @@ Group k holds every training case whose modalities include subset k, presented w
 mask k. Steps visit the groups in a freshly shuffled order per cycle of 15 steps (groups with no
 case are skipped); after each cycle φ ← φ̃ + ε(φ − φ̃), φ̃ ← φ, with ε rising linearly from
 `reptile_eps[0]` to `reptile_eps[1]` over training. Differences from PASSION (per the seed):
-the student segmentation loss is not gated by the relative preference, and the prototype
-weight is 0.02. The seed's reversed β sign is *not* adopted (see the README): it would reduce
+the student segmentation loss is not gated by the relative preference, the prototype
+weight is 0.02, and the modal weights are 1 (the groups are sampled uniformly already). The seed's reversed β sign is *not* adopted (see the README): it would reduce
 distillation for the modalities that are worst aligned, the opposite of the PASSION paper.
 """
 
@@ -28,11 +28,15 @@ class HGA(Passion):
 
     def __init__(self, settings: Any, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        self.proto_weight = settings.proto_weight if settings.proto_weight is not None else 0.02
         self.subsets = all_subsets(len(self.modalities))
         self.step_groups: dict[int, int] = {}  # global step → group index (current epoch)
         self.anchor: dict[str, torch.Tensor] | None = None  # φ̃
         self.visits = [0] * len(self.subsets)
+
+    def modal_weights(self) -> np.ndarray:
+        """(1, 1, 1, 1), as the authors: the group schedule already balances the modalities, so
+        PASSION's inverse-frequency weights would count the imbalance twice."""
+        return np.ones(len(self.modalities))
 
     def cycle_order(self, cycle: int) -> list[int]:
         g = torch.Generator().manual_seed(derive_seed(self.seed, "hga-cycle", cycle))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluation.surface import dice, label_mask
 from fine_seg.missing.losses import feature_distillation_loss
 from fine_seg.missing.method import Forward, MissingMethod, StepOutput
 from pipeline.log import get_logger
@@ -17,11 +18,6 @@ from pipeline.tasks import BRATS_REGIONS_2023
 log = get_logger("train.lckd")
 
 
-def region_dice(pred: torch.Tensor, gt: torch.Tensor, labels: tuple[int, ...]) -> float:
-    p = torch.isin(pred, torch.tensor(labels, device=pred.device))
-    g = torch.isin(gt, torch.tensor(labels, device=gt.device))
-    denom = int(p.sum()) + int(g.sum())
-    return 1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom
 
 
 @torch.inference_mode()
@@ -42,7 +38,7 @@ def single_modality_scores(net: torch.nn.Module, samples: list[Any], device: tor
             out = net(x, mask)
             pred = (out[0] if isinstance(out, list) else out).argmax(1)[0]
             for r, labels in regions.items():
-                sums[m][r].append(region_dice(pred, gt, labels))
+                sums[m][r].append(dice(label_mask(gt, labels), label_mask(pred, labels), empty=1.0))
     net.train(was_training)
     return {m: {r: float(np.mean(v)) for r, v in d.items() if v} for m, d in sums.items() if any(d.values())}
 

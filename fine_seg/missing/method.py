@@ -1,4 +1,5 @@
-"""The hooks a missing-modality method gives the training engine (pipeline/training/trainer.py).
+"""The hooks a missing-modality method gives the training engine (through
+pipeline/training/method_step.py, the engine's step strategy for methods).
 
 The trainer calls, per step, `step(forward, x, available, target, ...)` instead of its plain
 supervised loss (`forward(x, mask)` is the (DDP-wrapped) network called with `aux=True`, once
@@ -12,7 +13,6 @@ method must keep across a resume go through `tensor_state()` / `load_tensor_stat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,15 +20,9 @@ import torch
 from fine_seg.missing.subsets import schedule_masks
 from pipeline.training.data import derive_seed
 from pipeline.training.losses import supervised_loss
+from pipeline.training.step import StepOutput
 
 Forward = Callable[[torch.Tensor, torch.Tensor], dict[str, Any]]
-
-
-@dataclass
-class StepOutput:
-    loss: torch.Tensor  # what is back-propagated
-    sup: torch.Tensor  # its supervised segmentation part (logged as `sup`)
-    parts: dict[str, float] = field(default_factory=dict)  # auxiliary terms, for the log
 
 
 class MissingMethod:

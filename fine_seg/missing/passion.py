@@ -5,13 +5,14 @@ teacher, detached for distillation) and every single-modality path (the students
 same shared fusion and decoder. Students learn from the teacher by pixel-wise KL at temperature
 T on every deep-supervision output and by the prototype-similarity (semantic) loss.
 
-Relative preference: per modality, the running mean of the prototype discrepancy `dist_m`
-gives rp_m = dist_m / mean(dist) − 1. Task-wise regularisation applies the student's
-segmentation ("sep") and prototype losses only to under-aligned modalities (rp_m > 0);
-gradient-wise regularisation weights each modality's KL by β_m, updated once per epoch:
-β ← β − η·(mean − dist_m)/mean, clamped to [β_min, β_max] and renormalised to ‖β‖₂ = β_norm
-(under-aligned modalities get more distillation). η grows ×`eta_growth` every
-`eta_growth_every` epochs. Student losses are weighted by inverse modality frequency (mean 1).
+Relative preference (as the authors' train.py): from the current batch, per case with students,
+rp_m = dist_m / mean(dist) − 1 over its modalities (dist: the prototype discrepancy), summed
+over the batch's cases. Task-wise regularisation applies the student's segmentation ("sep")
+and prototype losses only to under-aligned modalities (rp_m > 0); gradient-wise regularisation
+weights each modality's KL by β_m × its modal weight, β updated once per epoch from the epoch's
+mean discrepancies: β ← β − η·(mean − dist_m)/mean, clamped to [β_min, β_max] and renormalised
+to ‖β‖₂ = β_norm (under-aligned modalities get more distillation). η grows ×`eta_growth` every
+`eta_growth_every` epochs. Modal weights: inverse modality frequency of the samples seen (mean 1).
 """
 
 from __future__ import annotations
@@ -63,10 +64,8 @@ class Passion(MissingMethod):
         n = len(self.modalities)
         self.beta = [float(settings.beta_norm) / np.sqrt(n)] * n
         self.eta = float(settings.eta)
-        self.running: list[float | None] = [None] * n  # EMA of dist_m over steps
         self.epoch_dist: list[list[float]] = [[] for _ in range(n)]
         self.seen = np.zeros(n, dtype=np.int64)  # samples per available modality (inverse-frequency weights)
-        self.proto_weight = settings.proto_weight if settings.proto_weight is not None else 0.1
 
     def modal_weights(self) -> np.ndarray:
         inv = 1.0 / np.maximum(self.seen, 1)
@@ -75,11 +74,10 @@ class Passion(MissingMethod):
     def step_masks(self, available: torch.Tensor, global_step: int, total_steps: int) -> torch.Tensor:
         return available.bool()  # each case trains with its fixed available modalities (`idt`)
 
-    def step(self, forward: Forward, x: torch.Tensor, available: torch.Tensor, target: torch.Tensor, *,
-             global_step: int, total_steps: int, epoch: int, step: int) -> StepOutput:
-        mask = self.step_masks(available, global_step, total_steps)
-        b, n = mask.shape
-        self.seen += mask.sum(0).cpu().numpy()
+    def _students(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Per modality the rows that get a single-modality student path, and the batched input
+        (teachers first, then the students of each modality in order) with its masks."""
+        n = mask.shape[1]
         multi = mask.sum(1) > 1  # a single-modality case is its own student: nothing to distil
         rows = [torch.nonzero(mask[:, m] & multi, as_tuple=False).flatten() for m in range(n)]
         xs, ms = [x], [mask]
@@ -89,18 +87,22 @@ class Passion(MissingMethod):
                 one = torch.zeros(r.numel(), n, dtype=torch.bool, device=mask.device)
                 one[:, m] = True
                 ms.append(one)
-        out = forward(torch.cat(xs), torch.cat(ms))
+        return rows, torch.cat(xs), torch.cat(ms)
+
+    def step(self, forward: Forward, x: torch.Tensor, available: torch.Tensor, target: torch.Tensor, *,
+             global_step: int, total_steps: int, epoch: int, step: int) -> StepOutput:
+        mask = self.step_masks(available, global_step, total_steps)
+        b, n = mask.shape
+        self.seen += mask.sum(0).cpu().numpy()
+        rows, xs, ms = self._students(x, mask)
+        out = forward(xs, ms)
         logits = out["logits"] if isinstance(out["logits"], list) else [out["logits"]]
         feats = out["features"]
         fuse = self.supervised([lg[:b] for lg in logits], target)
-        rp = relative_preference(self.running)
-        known = any(v is not None for v in self.running)
-        w = self.modal_weights()
-        sep = fuse.new_zeros(())
-        kl = fuse.new_zeros(())
-        proto = fuse.new_zeros(())
-        start = b
         dws = ds_weights(len(logits))
+        terms: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # m → (kl, sep, proto)
+        dist: list[list[float | None]] = [[None] * n for _ in range(b)]  # per case and student modality
+        start = b
         for m, r in enumerate(rows):
             k = r.numel()
             if not k:
@@ -108,20 +110,34 @@ class Passion(MissingMethod):
             s_log = [lg[start:start + k] for lg in logits]
             t_log = [lg[:b][r] for lg in logits]
             kl_m = sum(dw * kl_distillation(t, s, self.s.temperature).mean() for dw, t, s in zip(dws, t_log, s_log, strict=True))
-            mse, dist = prototype_loss(feats[:b][r], feats[start:start + k], target[r], self.num_classes)
-            d = float(dist.mean())
-            self.epoch_dist[m].append(d)
-            self.running[m] = d if self.running[m] is None else 0.9 * self.running[m] + 0.1 * d
-            under = rp[m] > 0 or not known  # under-aligned (everything, until a preference is known)
-            if under or not self.sep_masked:
-                sep = sep + float(w[m]) * self.supervised(s_log, target[r])
-            if under:
-                proto = proto + float(w[m]) * mse.mean()
-            kl = kl + self.beta[m] * kl_m
+            mse, d = prototype_loss(feats[:b][r], feats[start:start + k], target[r], self.num_classes)
+            for i, v in zip(r.tolist(), d.tolist(), strict=True):
+                dist[i][m] = v
+            self.epoch_dist[m].append(float(d.mean()))
+            terms[m] = (kl_m, self.supervised(s_log, target[r]), mse.mean())
             start += k
-        loss = fuse + sep + self.s.kl_weight * kl + self.proto_weight * proto
+        under = self.under_aligned(dist)
+        w = self.modal_weights()
+        sep, kl, proto = fuse.new_zeros(()), fuse.new_zeros(()), fuse.new_zeros(())
+        for m, (kl_m, sep_m, proto_m) in terms.items():
+            if under[m] or not self.sep_masked:
+                sep = sep + float(w[m]) * sep_m
+            if under[m]:
+                proto = proto + float(w[m]) * proto_m
+            kl = kl + self.beta[m] * float(w[m]) * kl_m
+        loss = fuse + sep + self.s.kl_weight * kl + self.s.proto_weight * proto
         return StepOutput(loss, fuse, {"sep": float(sep.detach()), "kl": float(kl.detach()),
                                        "proto": float(proto.detach())})
+
+    @staticmethod
+    def under_aligned(dist: list[list[float | None]]) -> list[bool]:
+        """PASSION's task-wise gate from the current batch: the relative preferences of each case's
+        student modalities (`relative_preference`; None: no student), summed over the cases;
+        under-aligned where the sum is positive."""
+        rp = np.zeros(len(dist[0]) if dist else 0)
+        for case in dist:
+            rp += relative_preference(case)
+        return [bool(v > 0) for v in rp]
 
     def epoch_end(self, net: torch.nn.Module, epoch: int, source: Any, val_ids: list[str],
                   device: torch.device) -> dict[str, Any]:
@@ -137,11 +153,10 @@ class Passion(MissingMethod):
         return 1.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"beta": list(self.beta), "eta": self.eta, "running": list(self.running), "seen": self.seen.tolist()}
+        return {"beta": list(self.beta), "eta": self.eta, "seen": self.seen.tolist()}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state:
             self.beta = [float(v) for v in state["beta"]]
             self.eta = float(state["eta"])
-            self.running = [None if v is None else float(v) for v in state["running"]]
             self.seen = np.asarray(state["seen"], dtype=np.int64)

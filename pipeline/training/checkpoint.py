@@ -96,6 +96,22 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     return json.loads((path / "state.json").read_text())
 
 
+def resume_from(out_dir: Path, stage: str, model_config: dict[str, Any], model: nn.Module,
+                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                device: torch.device) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]] | None:
+    """Load the latest checkpoint of `out_dir` into model/optimizer/scaler/RNG: (its path, its
+    state.json, its method tensors), or None when there is none. A different model config is an error."""
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is None:
+        return None
+    saved = json.loads((ckpt / "state.json").read_text()).get("model_config")
+    if saved != model_config:
+        raise SegpipeError(f"{ckpt}: checkpoint was trained with a different {stage} model config "
+                           f"({saved} vs {model_config})")
+    state = load_checkpoint(ckpt, model, optimizer, scaler, device)
+    return ckpt, state, load_method_tensors(ckpt, device)
+
+
 def load_method_tensors(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
     """The training method's tensors saved with checkpoint `path` ({} when it saved none)."""
     f = Path(path) / "method.safetensors"

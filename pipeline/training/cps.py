@@ -4,15 +4,23 @@ Each network learns from the other's detached argmax pseudo-labels over the soft
 *including background* (CSSN took the argmax over 13 organ channels, one-hot encoded it with 14
 classes and dropped column 0: the pseudo-labels were shifted by one class, liver vanished and
 there was no background).
+
+`CPSStep` is the engine's step strategy for CPS (pipeline/training/step.py): the two networks'
+supervised losses plus the ramped-up CPS term, the unlabeled pool refreshed by UIF (uif.py).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from torch import nn
 
+from pipeline.training import uif
+from pipeline.training.amp import AmpPolicy
 from pipeline.training.losses import supervised_loss
+from pipeline.training.step import Batch, EpochPlan, RunContext, StepAt, StepOutput, forward_supervised
 
 
 def main_output(out: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
@@ -37,3 +45,53 @@ def cps_weight(epoch: float, max_weight: float, rampup_epochs: float) -> float:
         return max_weight
     t = min(1.0, max(0.0, epoch / rampup_epochs))
     return max_weight * math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+class CPSStep:
+    """Two networks, each supervised on the labeled rows and taught by the other's pseudo-labels
+    on every row (labeled and unlabeled, as CSSN); the unlabeled pool is UIF's when enabled."""
+
+    networks = 2
+    uses_unlabeled = True
+
+    def __init__(self, loss_kind: str, cps_cfg: Any, uif_cfg: Any) -> None:
+        self.loss_kind, self.cfg, self.uif_cfg = loss_kind, cps_cfg, uif_cfg
+        self.uif = uif.new_state()
+        self.weight = 0.0  # the ramped-up CPS weight of the latest step
+        self.pool_size = 0
+
+    def uses_uif(self, run: RunContext) -> bool:
+        return self.uif_cfg.enabled and bool(run.unlabeled_ids)
+
+    def describe(self, run: RunContext) -> str:
+        return "CPS+UIF" if self.uses_uif(run) else "CPS"
+
+    def restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor] | None, nets: list[nn.Module]) -> None:
+        self.uif = state.get("uif") or uif.new_state()
+
+    def begin_epoch(self, run: RunContext, epoch: int, nets: list[nn.Module]) -> EpochPlan:
+        use_uif = self.uses_uif(run)
+        if use_uif and epoch > 0 and epoch % self.uif_cfg.refresh_every == 0 and self.uif.get("last_refresh") != epoch:
+            uif.refresh(epoch, nets, run, run.unlabeled_ids, self.uif)
+        pool = self.uif["pool"] if use_uif and self.uif["pool"] is not None else run.unlabeled_ids
+        self.pool_size = len(pool)
+        return EpochPlan(None, pool)
+
+    def loss(self, model: nn.Module, batch: Batch, at: StepAt, policy: AmpPolicy) -> StepOutput:
+        outs, sup = forward_supervised(model, batch, self.loss_kind, policy)
+        self.weight = cps_weight(at.epoch + at.step / at.iters, self.cfg.weight, self.cfg.rampup_epochs)
+        cps = cps_loss(main_output(outs[0]), main_output(outs[1]), kind=self.loss_kind)
+        return StepOutput(sup + self.weight * cps, sup, {"cps": float(cps.detach())})
+
+    def after_step(self, nets: list[nn.Module], at: StepAt) -> None:
+        return None
+
+    def end_epoch(self, run: RunContext, epoch: int, nets: list[nn.Module], parts: dict[str, float]) -> dict[str, Any]:
+        return {"cps": parts.get("cps", 0.0), "cps_weight": self.weight, "unlabeled_pool": self.pool_size,
+                "unlabeled_total": len(run.unlabeled_ids)}
+
+    def state(self) -> dict[str, Any]:
+        return {"uif": self.uif}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {}

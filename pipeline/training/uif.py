@@ -29,21 +29,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from evaluation.surface import mean_dice
 from pipeline.fsutil import atomic_path, atomic_write_text, safe_child
+from pipeline.log import get_logger
+from pipeline.training.distributed import barrier, gather_objects, shard
+from pipeline.training.step import RunContext
+
+log = get_logger("train")
 
 
 def foreground_dice(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, num_classes: int) -> float:
     """Mean Dice over classes 1..K-1 present in a or b; 0.0 if neither has any foreground."""
-    a = torch.as_tensor(np.asarray(a)).long().flatten()
-    b = torch.as_tensor(np.asarray(b)).long().flatten()
-    ca = torch.bincount(a, minlength=num_classes)[1:num_classes].double()
-    cb = torch.bincount(b, minlength=num_classes)[1:num_classes].double()
-    both = torch.bincount(a[a == b], minlength=num_classes)[1:num_classes].double()
-    present = (ca + cb) > 0
-    if not bool(present.any()):
-        return 0.0
-    return float((2 * both[present] / (ca[present] + cb[present])).mean())
+    return mean_dice(a, b, range(1, num_classes), empty=float("nan"), none=0.0)
 
 
 def score_scan(probs: list[torch.Tensor], previous: np.ndarray | None, stride: int) -> dict[str, Any]:
@@ -123,3 +122,58 @@ def save_ranking(out_dir: Path, epoch: int, rows: list[dict[str, Any]], selected
     atomic_write_text(path, text)
     atomic_write_text(out_dir / "ranking.json", text)
     return path
+
+
+def new_state() -> dict[str, Any]:
+    """UIF's resumable state: the current pool (None: all scans), instability sums, last refresh."""
+    return {"pool": None, "history": {}, "last_refresh": None}
+
+
+def _score_all(epoch: int, nets: list[nn.Module], run: RunContext, ids: list[str], history: PseudoLabelHistory,
+               prev_epoch: int | None) -> dict[str, dict[str, Any]]:
+    from pipeline.training.validate import predict_probs
+
+    for net in nets:
+        net.eval()
+    local: dict[str, dict[str, Any]] = {}
+    for cid in shard(ids, run.ctx):
+        sample = run.source.load(cid, run.spec.sample_stage)
+        probs = [predict_probs(n, sample, run.ctx.device, run.policy) for n in nets]
+        s = score_scan(probs, history.load(prev_epoch, cid), run.cfg.uif.history_stride)
+        history.save(epoch, cid, s.pop("pseudo_label"))
+        local[cid] = s
+    scores: dict[str, dict[str, Any]] = {}
+    for part in gather_objects(local, run.ctx):
+        scores.update(part)
+    return scores
+
+
+def refresh(epoch: int, nets: list[nn.Module], run: RunContext, ids: list[str], state: dict[str, Any]) -> list[str]:
+    """Score every unlabeled scan, update the instability history in `state` (see `new_state`),
+    return the new pool."""
+    ucfg = run.cfg.uif
+    udir = run.out_dir / "uif"
+    history = PseudoLabelHistory(udir / "pseudo_labels")
+    prev_epoch = state.get("last_refresh")
+    scores = _score_all(epoch, nets, run, ids, history, prev_epoch)
+    hist = state["history"]
+    for cid, s in sorted(scores.items()):
+        if s["instability"] is not None:
+            total, n = hist.get(cid, [0.0, 0])
+            hist[cid] = [total + s["instability"], n + 1]
+    rows = rank_scans(scores, hist, ucfg.alpha)
+    start = ucfg.start_epoch or 2 * ucfg.refresh_every
+    applied = epoch >= start
+    n_keep = select_count(len(rows), ucfg.keep, ucfg.fraction) if applied else len(rows)
+    pool = sorted(r["case_id"] for r in rows[:n_keep])
+    state.update(last_refresh=epoch, pool=pool if applied else None)
+    if run.ctx.is_main:
+        save_ranking(udir, epoch, rows, set(pool), applied)
+        worst = rows[-1] if rows else {"case_id": "-", "score": float("nan")}
+        log.info("%s UIF epoch %d: %s %d/%d unlabeled scans (cut-off U=%.3f; least certain %s U=%.3f)",
+                 run.spec.name, epoch, "kept" if applied else f"scored (all used until epoch {start})",
+                 len(pool), len(rows), rows[n_keep - 1]["score"] if n_keep else float("nan"),
+                 worst["case_id"], worst["score"])
+    barrier(run.ctx)
+    history.prune({epoch} | ({prev_epoch} if prev_epoch is not None else set()))
+    return pool

@@ -1,7 +1,7 @@
 """Shared fixtures for the training tests: tiny in-memory FLARE-like samples and a runnable
 training entry point for subprocess tests (kill/resume, DDP). Also runnable as a script:
 
-    python tests/test_train_common.py OUT_DIR [--resume] [--sleep-after-epoch N] [--epochs E]
+    python tests/train_helpers.py OUT_DIR [--resume] [--sleep-after-epoch N] [--epochs E]
 """
 
 from __future__ import annotations
