@@ -20,11 +20,15 @@ from torch import nn
 from pipeline.training import uif
 from pipeline.training.amp import AmpPolicy
 from pipeline.training.losses import supervised_loss
-from pipeline.training.step import Batch, EpochPlan, RunContext, StepAt, StepOutput, forward_supervised
-
-
-def main_output(out: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-    return out[0] if isinstance(out, list) else out
+from pipeline.training.step import (
+    Batch,
+    EpochPlan,
+    RunContext,
+    StepAt,
+    StepOutput,
+    forward_supervised,
+    main_output,
+)
 
 
 def pseudo_labels(logits: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ AMP, the optimiser step, checkpoints, validation and the logs. A `TrainStep` own
              with the uncertainty-filtered (UIF) pool                    (cps.py)
     method   a missing-modality method's forward passes and losses      (method_step.py)
 
-A new kind of training is one module implementing the protocol below; `build_step` picks it.
+A new kind of training is one module implementing the protocol below; `trainer.build_step` picks it.
 Strategies keep their resumable state in the trainer's `state` (JSON, `state()`/`restore()`) and
 their tensors in the checkpoint's `method.safetensors` (`tensors()`).
 """
@@ -146,14 +146,6 @@ class PlainStep:
         return {}
 
 
-def build_step(spec: Any, cfg: Any) -> TrainStep:
-    """The strategy of a stage: its missing-modality method, CPS when enabled, else plain."""
-    if spec.method is not None:
-        from pipeline.training.method_step import MethodStep
-
-        return MethodStep(spec.method)
-    if cfg.cps.enabled:
-        from pipeline.training.cps import CPSStep
-
-        return CPSStep(spec.train.loss, cfg.cps, cfg.uif)
-    return PlainStep(spec.train.loss)
+def main_output(out: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """The full-resolution output of a network that may return a deep-supervision list."""
+    return out[0] if isinstance(out, list) else out

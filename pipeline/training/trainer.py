@@ -28,12 +28,14 @@ from pipeline.fsutil import atomic_write_text
 from pipeline.log import get_logger, progress
 from pipeline.training.amp import amp_policy
 from pipeline.training.checkpoint import latest_checkpoint, resume_from, save_checkpoint
+from pipeline.training.cps import CPSStep
 from pipeline.training.data import PatchDataset, SampleLike, SampleSource, derive_seed, epoch_plan, rank_slice
 from pipeline.training.distributed import DistContext, barrier, gather_objects, unwrap, wrap_ddp
 from pipeline.training.epoch_log import EpochLogger
 from pipeline.training.export import build_stage_model
+from pipeline.training.method_step import MethodStep
 from pipeline.training.optim import build_optimizer, lr_factor, param_groups, set_lr
-from pipeline.training.step import Batch, RunContext, StepAt, StepOutput, TrainStep, build_step
+from pipeline.training.step import Batch, PlainStep, RunContext, StepAt, StepOutput, TrainStep
 from pipeline.training.validate import Scorer, class_dice, validate_epoch, validation_due
 
 log = get_logger("train")
@@ -276,6 +278,15 @@ def _end_epoch(eng: Engine, epoch: int, means: dict[str, float], parts: dict[str
     barrier(run.ctx)
     for cb in eng.callbacks:
         cb("epoch_end", {"epoch": epoch + 1, "state": state, "rank": run.ctx.rank})
+
+
+def build_step(spec: Any, cfg: Any) -> TrainStep:
+    """The strategy of a stage: its missing-modality method, CPS when enabled, else plain."""
+    if spec.method is not None:
+        return MethodStep(spec.method)
+    if cfg.cps.enabled:
+        return CPSStep(spec.train.loss, cfg.cps, cfg.uif)
+    return PlainStep(spec.train.loss)
 
 
 def train_stage(spec: StageSpec, source: SampleSource, cfg: Any, out_dir: str | Path, *,

@@ -20,10 +20,9 @@ from evaluation.surface import mean_dice
 from pipeline.errors import SegpipeError
 from pipeline.training.amp import AmpPolicy
 from pipeline.training.checkpoint import save_best
-from pipeline.training.cps import main_output
 from pipeline.training.data import SampleLike
 from pipeline.training.distributed import gather_objects, shard
-from pipeline.training.step import RunContext
+from pipeline.training.step import RunContext, main_output
 
 
 class Scorer(Protocol):
