@@ -164,9 +164,8 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
 
 def score(pred: Path, data: Path, dest: Path) -> dict[str, Any]:
     """`segpipe evaluate flare` on the held-out labels, in the original image space."""
-    seg = str(REPO / ".venv" / "bin" / "segpipe") if (REPO / ".venv" / "bin" / "segpipe").exists() else "segpipe"
-    run([seg, "evaluate", "flare", "--pred", str(pred), "--gt", str(data / "validation_labels"), "--json", str(dest),
-         "--workers", "1"], dest.with_suffix(".log"))
+    run([*segpipe_cmd(), "evaluate", "flare", "--pred", str(pred), "--gt", str(data / "validation_labels"),
+         "--json", str(dest), "--workers", "1"], dest.with_suffix(".log"))
     return json.loads(dest.read_text())
 
 
@@ -301,16 +300,34 @@ def nnunet_run(args: argparse.Namespace, data: Path, out: Path, budget: int) -> 
                 run_dir / "train.log", env, args.cpu)
         write_result(timing, {"train_s": t})
     t_train = json.loads(timing.read_text())["train_s"]
-    points = []
-    for it in [*snapshots(args, budget), budget]:
-        chk = "checkpoint_final.pth" if it == budget else f"checkpoint_it{it}.pth"
-        pred = run_dir / f"pred_{it}"
-        t_pred = nnunet_predict(py, out, env, chk, pred, args.cpu)
-        metrics = summarise(score(pred, data, run_dir / f"metrics_{it}.json"))
-        points.append({"iterations": it, "predict_s_per_case": t_pred / args.test, **metrics})
+    pred = run_dir / f"pred_{budget}"
+    t_pred = nnunet_predict(py, out, env, "checkpoint_final.pth", pred, args.cpu)
+    point = {"iterations": budget, "predict_s_per_case": t_pred / args.test,
+             **summarise(score(pred, data, run_dir / f"metrics_{budget}.json"))}
     write_result(done, {"system": "nnU-Net v2.8.1", "plan": f"{REDUCED} (patch {plan['reduced_patch']}, features "
                         f"{plan['reduced_features']}, {len(plan['strides'])} stages)", "iterations": budget,
-                        "train_s": t_train, "points": points, **points[-1], "plan_info": plan})
+                        "train_s": t_train, "points": [point], **point, "plan_info": plan})
+
+
+def nnunet_curve(args: argparse.Namespace, data: Path, out: Path, budget: int) -> None:
+    """Learning-curve points inside a finished nnU-Net run (its snapshot checkpoints), latest first:
+    nnU-Net's CPU inference with mirror TTA takes minutes per checkpoint."""
+    run_dir = out / "nnunet" / str(budget)
+    done = run_dir / "result.json"
+    if not done.is_file():
+        return
+    py, _ = nnunet_prepare(args, data, out)
+    env = {**nnunet_env(out), "nnUNet_results": str(run_dir / "results")}
+    for it in sorted(snapshots(args, budget), reverse=True):
+        result = json.loads(done.read_text())
+        if it in {p["iterations"] for p in result["points"]}:
+            continue
+        pred = run_dir / f"pred_{it}"
+        t_pred = nnunet_predict(py, out, env, f"checkpoint_it{it}.pth", pred, args.cpu)
+        result["points"].append({"iterations": it, "predict_s_per_case": t_pred / args.test,
+                                 **summarise(score(pred, data, run_dir / f"metrics_{it}.json"))})
+        result["points"].sort(key=lambda p: p["iterations"])
+        write_result(done, result)
 
 
 # ---- segpipe -----------------------------------------------------------------------------------
@@ -484,6 +501,7 @@ def main() -> int:
                 t0 = time.time()
                 if system == "nnunet":
                     nnunet_run(args, data, out, budget)
+                    nnunet_curve(args, data, out, budget)
                 else:
                     segpipe_run(args, data, out, budget)
                     segpipe_curve(args, data, out, budget)
