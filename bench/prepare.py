@@ -293,6 +293,8 @@ def _encodings() -> dict[str, tuple]:
 
 
 def bench_storage(args: argparse.Namespace) -> None:
+    from loader import drop_cache  # bench/loader.py
+
     from pipeline.samples import SampleStore
 
     tmp = Path(tempfile.mkdtemp(prefix="segpipe-storage-", dir=args.tmp))
@@ -323,6 +325,7 @@ def bench_storage(args: argparse.Namespace) -> None:
             folder = tmp / name.split()[0] / name.replace(" ", "_").replace("/", "_")
             folder.mkdir(parents=True)
             paths = {k: write(folder / f"{k[0]}_{k[1]}_{k[2]}", a, k[2]) for k, a in arrays.items()}
+            os.sync()  # dirty pages cannot be dropped for the cold reads
             per_case = {cid: sum(p.stat().st_size for k, p in paths.items() if k[0] == cid) for cid in ids}
             lab = [b for c, b in per_case.items() if c in labeled]
             unl = [b for c, b in per_case.items() if c not in labeled]
@@ -349,16 +352,6 @@ def bench_storage(args: argparse.Namespace) -> None:
         print(f"machine after: {machine()}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def drop_cache(paths) -> None:
-    """Ask the kernel to forget these files' pages (no root needed), for cold reads."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def main() -> None:
