@@ -1,6 +1,6 @@
 """Read throughput of prepared samples (issue #3). Prints figures; asserts nothing.
 
-    python bench/loader.py                 # SampleStore: coarse / fine / jittered fine samples per second
+    python bench/loader.py                 # SampleStore and the trainer's DataLoader: samples per second
     python bench/loader.py --storage       # + the same arrays as LMDB blobs: why samples are .npy files
     python bench/loader.py --step          # + one CPU training step of the coarse and fine models, for scale
     python bench/loader.py --work WORK     # use an existing prepared work folder
@@ -76,32 +76,29 @@ def bench_store(store: SampleStore, n: int) -> None:
              if k in store.record(c)[s] for p in [store.record(c)[s][k]["path"]]]
     c0 = store.load(ids[0], "coarse")
     f0 = store.load_stored(ids[0], "fine")
-    print(f"sample sizes: coarse {tuple(c0.image.shape)} float32 ({c0.image.nbytes / 2**20:.1f} MiB), "
-          f"fine stored {tuple(f0.image.shape)} ({f0.image.nbytes / 2**20:.1f} MiB) → nominal {tuple(store.load(ids[0], 'fine').image.shape)}")
+    info = store.record(ids[0])["coarse"]["image"]
+    print(f"sample sizes: coarse {tuple(c0.image.shape)}, fine stored {tuple(f0.image.shape)} → nominal "
+          f"{tuple(store.load(ids[0], 'fine').image.shape)}; stored as {info.get('dtype')} {info.get('codec', 'npy')}, "
+          f"{sum(p.stat().st_size for p in files) / len(ids) / 1e6:.2f} MB per case on disk")
 
-    def coarse(i):
-        s = store.load(pick[i], "coarse")
-        np.array(s.image), None if s.label is None else np.array(s.label)
-
-    def coarse_read(i):
-        store.load(pick[i], "coarse", mmap=False)
-
-    def fine(i):
-        s = store.load(pick[i], "fine")
-        np.array(s.image), None if s.label is None else np.array(s.label)
+    def read(stage):  # what a consumer does: float32 image, uint8 label
+        def fn(i):
+            s = store.load(pick[i], stage)
+            np.array(s.image, dtype=np.float32), None if s.label is None else np.array(s.label)
+        return fn
 
     def jitter(i):
         store.fine_crop(pick[i], margin_mm=(-40 / 3, 40), rng=rng)
 
     print("\nSampleStore, one process, warm page cache (median over random cases):")
-    for name, fn in (("coarse load (memory map + copy)", coarse), ("coarse load (mmap=False: one read)", coarse_read),
-                     ("fine load (nominal crop)", fine),
-                     ("fine_crop, CSSN jitter U(-13.3, 40) mm + torch resize", jitter)):
+    for name, fn in (("coarse load", read("coarse")), ("fine load (nominal crop)", read("fine")),
+                     ("fine_crop, CSSN jitter U(-13.3, 40) mm + resize", jitter)):
         fn(0)
         r, ms = rate(fn, n)
         print(f"  {name:55s} {r:7.1f} samples/s  ({ms:.1f} ms)")
     print("SampleStore, cold page cache (posix_fadvise DONTNEED before each read):")
-    for name, fn in (("coarse load", coarse), ("fine load (nominal crop)", fine)):
+    os.sync()  # dirty pages cannot be dropped
+    for name, fn in (("coarse load", read("coarse")), ("fine load (nominal crop)", read("fine"))):
         def cold(i, fn=fn):
             drop_cache(files)
             fn(i)
@@ -110,19 +107,30 @@ def bench_store(store: SampleStore, n: int) -> None:
 
     import torch
 
-    for stage, jit in (("coarse", 0.0), ("fine", (13.3, 20.0))):
-        ds = store.dataset(stage, "labeled", jitter_mm=jit)
-        loader = torch.utils.data.DataLoader(ds, batch_size=2, shuffle=True, num_workers=2, persistent_workers=True)
-        for _batch in loader:  # start the workers
-            pass
-        batches = 0
-        t0 = time.perf_counter()
-        for _ in range(4):
-            for _batch in loader:
-                batches += 1
-        secs = time.perf_counter() - t0
-        print(f"torch DataLoader {stage:6s} (2 workers, batch 2{', jitter' if jit else ''}): "
-              f"{2 * batches / secs:7.1f} samples/s ({batches} batches after warm-up)")
+    from pipeline.config import load_config
+    from pipeline.training.data import PatchDataset
+
+    augment = load_config("flare").train.augment
+    labeled = store.case_ids("labeled")
+    items = [(labeled[i % len(labeled)], i) for i in range(4 * len(labeled))]
+
+    def load_coarse(cid, seed):
+        return store.load(cid, "coarse")
+
+    def load_fine(cid, seed):  # fine_seg/train.py's CSSN ROI jitter
+        return store.fine_crop(cid, margin_mm=(-40 / 3, 40), rng=np.random.default_rng(seed))
+
+    for stage, load in (("coarse", load_coarse), ("fine", load_fine)):
+        for aug_name, aug in (("no augmentation", augment.model_copy(update={"enabled": False})),
+                ("flare augmentation", augment)):
+            ds = PatchDataset(items, load, patch=None, fg_p=0.0, augment_cfg=aug, num_classes=14, labeled=True)
+            loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, persistent_workers=True)
+            next(iter(loader))  # start the workers
+            t0 = time.perf_counter()
+            batches = sum(1 for _ in loader)
+            secs = time.perf_counter() - t0
+            print(f"trainer DataLoader {stage:6s} (PatchDataset, 2 workers, batch 2, {aug_name}): "
+                  f"{2 * batches / secs:7.1f} samples/s ({batches} batches)")
 
 
 def bench_storage(store: SampleStore, tmp: Path, n: int) -> None:
@@ -130,7 +138,7 @@ def bench_storage(store: SampleStore, tmp: Path, n: int) -> None:
 
     ids = store.case_ids("labeled") + store.case_ids("unlabeled")
     env_path = tmp / "blobs.lmdb"
-    arrays = {(c, s): np.array(store.load_stored(c, s).image) for c in ids for s in ("coarse", "fine")}
+    arrays = {(c, s): np.array(store.load_stored(c, s).image, dtype=np.float32) for c in ids for s in ("coarse", "fine")}
     def open_env():
         return lmdb.open(str(env_path), map_size=1 << 34, sync=True, readahead=False)
 
@@ -141,10 +149,13 @@ def bench_storage(store: SampleStore, tmp: Path, n: int) -> None:
         with env.begin(write=True) as txn:
             txn.put(f"{c}/{s}".encode(), a.tobytes())
         t_lmdb.append(time.perf_counter() - t0)
-        from data_prepare.store import write_array
-
         t0 = time.perf_counter()
-        write_array(tmp, f"samples/{s}/{c}_image.npy", a)
+        path = tmp / f"samples/{s}/{c}_image.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:  # as format 1 wrote samples: float32 .npy, fsync'd
+            np.save(fh, a, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
         t_npy.append(time.perf_counter() - t0)
     mib = statistics.mean(a.nbytes for a in arrays.values()) / 2**20
     print(f"\nstorage: {len(arrays)} arrays, mean {mib:.1f} MiB; writes (fsync'd / synced commit), median:")

@@ -2,6 +2,7 @@
 
     python bench/prepare.py labels            # label resampling: nearest vs per-label linear (argmax / CSSN threshold)
     python bench/prepare.py speed [--cases 5] # segpipe prepare vs nnUNetv2_plan_and_preprocess on the same full-size cases
+    python bench/prepare.py storage [--work W] # bytes per prepared case and read speed of each sample encoding
 
 `speed` needs nnU-Net in a throwaway venv (never a segpipe dependency):
     python3.11 -m venv /tmp/nnunet-venv && /tmp/nnunet-venv/bin/pip install torch==2.13.0 nnunetv2
@@ -15,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -238,6 +240,120 @@ def bench_speed(args: argparse.Namespace) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# sample storage (issue #16) -------------------------------------------------------------------
+def _encodings() -> dict[str, tuple]:
+    """name → (write(path_stem, array, kind) -> path, read(path, kind, shape) -> float32/uint8 array)."""
+    import zstandard
+
+    from pipeline import sample_arrays as sa
+
+    def npy(dtype):
+        def write(stem, a, kind):
+            path = stem.with_suffix(".npy")
+            np.save(path, a if kind == "label" else a.astype(dtype), allow_pickle=False)
+            return path
+        return write, lambda path, kind, shape: np.array(np.load(path, mmap_mode="r", allow_pickle=False),
+                                                          dtype=np.uint8 if kind == "label" else np.float32)
+
+    def npz_write(stem, a, kind):
+        path = stem.with_suffix(".npz")
+        np.savez_compressed(path, a=a if kind == "label" else a.astype(np.float16))
+        return path
+
+    def f16_zstd_write(stem, a, kind):
+        path = stem.with_suffix(".zst")
+        raw = a.tobytes() if kind == "label" else sa._shuffle(a.astype("<f2"))
+        path.write_bytes(zstandard.ZstdCompressor(level=sa.ZSTD_LEVEL).compress(raw))
+        return path
+
+    def f16_zstd_read(path, kind, shape):
+        raw = zstandard.ZstdDecompressor().decompress(path.read_bytes())
+        if kind == "label":
+            return np.frombuffer(raw, np.uint8).reshape(shape).copy()
+        return sa._unshuffle(raw, int(np.prod(shape))).view("<f2").reshape(shape).astype(np.float32)
+
+    infos: dict[Path, dict] = {}
+
+    def chosen_write(stem, a, kind):
+        payload, info = sa.encode(a, kind, "zstd")
+        path = stem.with_suffix(".zst")
+        with open(path, "wb") as fh:
+            sa.write(fh, payload)
+        infos[path] = info
+        return path
+
+    return {
+        "float32 .npy (format 1: before)": npy(np.float32),
+        "float16 .npy (sample_storage: npy)": npy(np.float16),
+        "float16 npz deflate": (npz_write, lambda path, kind, shape: np.load(path, allow_pickle=False)["a"].astype(
+            np.uint8 if kind == "label" else np.float32)),
+        "float16 shuffled + zstd": (f16_zstd_write, f16_zstd_read),
+        "int16 shuffled + zstd (default: after)": (chosen_write, lambda path, kind, shape: sa.read(path, infos[path])),
+    }
+
+
+def bench_storage(args: argparse.Namespace) -> None:
+    from loader import drop_cache  # bench/loader.py
+
+    from pipeline.samples import SampleStore
+
+    tmp = Path(tempfile.mkdtemp(prefix="segpipe-storage-", dir=args.tmp))
+    try:
+        work = args.work
+        if work is None:
+            from pipeline.synth import write_flare_dataset
+
+            write_flare_dataset(tmp / "data", cases=args.cases, unlabeled=args.cases, size="small", seed=0, workers=2)
+            work = tmp / "work"
+            subprocess.run([sys.executable, "-m", "pipeline", "prepare", "--data", str(tmp / "data"), "--work", str(work),
+                            "--config", "flare", "--workers", "2"], check=True, cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "SEGPIPE_PROGRESS": "0"})
+        store = SampleStore(work)
+        ids = store.case_ids("all")
+        arrays = {(cid, stage, kind): getattr(s, kind) for cid in ids for stage in ("coarse", "fine")
+                  for s in [store.load_stored(cid, stage, mmap=False)] for kind in ("image", "label")
+                  if getattr(s, kind) is not None}
+        arrays = {k: np.array(v, dtype=np.float32 if k[2] == "image" else np.uint8) for k, v in arrays.items()}
+        labeled = set(store.case_ids("labeled"))
+        print(f"sample storage: {len(ids)} prepared cases ({len(labeled)} labeled) of {work}, config "
+              f"coarse {store.config.coarse_size}, fine {store.config.fine_size} + {store.config.fine_jitter_mm} mm jitter")
+        print(f"machine: {machine()}")
+        print(f"  {'encoding':40s} {'MB/case':>8s} {'labeled':>8s} {'unlab.':>7s} {'max':>6s}   "
+              f"{'warm ms':>8s} {'cold ms':>8s} {'samples/s warm':>14s}  (one coarse or fine sample: image + label)")
+        rng = np.random.default_rng(0)
+        for name, (write, read) in _encodings().items():
+            folder = tmp / name.split()[0] / name.replace(" ", "_").replace("/", "_")
+            folder.mkdir(parents=True)
+            paths = {k: write(folder / f"{k[0]}_{k[1]}_{k[2]}", a, k[2]) for k, a in arrays.items()}
+            os.sync()  # dirty pages cannot be dropped for the cold reads
+            per_case = {cid: sum(p.stat().st_size for k, p in paths.items() if k[0] == cid) for cid in ids}
+            lab = [b for c, b in per_case.items() if c in labeled]
+            unl = [b for c, b in per_case.items() if c not in labeled]
+            samples = [(cid, stage) for cid in ids for stage in ("coarse", "fine")]
+            pick = [samples[int(i)] for i in rng.integers(0, len(samples), args.reads)]
+
+            def read_sample(i, cold=False, read=read, paths=paths, pick=pick):
+                keys = [k for k in ((*pick[i], "image"), (*pick[i], "label")) if k in paths]
+                if cold:
+                    drop_cache([paths[k] for k in keys])
+                t0 = time.perf_counter()
+                for k in keys:
+                    read(paths[k], k[2], arrays[k].shape)
+                return time.perf_counter() - t0
+
+            read_sample(0)
+            warm = statistics.median(read_sample(i) for i in range(args.reads))
+            cold = statistics.median(read_sample(i, cold=True) for i in range(args.reads))
+            mean = statistics.mean(per_case.values())
+            print(f"  {name:40s} {mean / 1e6:8.2f} {statistics.mean(lab) / 1e6 if lab else 0:8.2f} "
+                  f"{statistics.mean(unl) / 1e6 if unl else 0:7.2f} {max(per_case.values()) / 1e6:6.2f}   "
+                  f"{warm * 1000:8.1f} {cold * 1000:8.1f} {1 / warm:14.1f}")
+            shutil.rmtree(folder)
+        print(f"machine after: {machine()}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -250,8 +366,13 @@ def main() -> None:
     speed.add_argument("--tmp", default=None, help="scratch folder (default: system temp)")
     speed.add_argument("--keep", action="store_true")
     speed.add_argument("--synth", action="store_true", help="pipeline.synth full-size cases instead of the phantom")
+    storage = sub.add_parser("storage", help="bytes per prepared case and read speed of each sample encoding")
+    storage.add_argument("--work", type=Path, default=None, help="a prepared work folder (default: synth small cases)")
+    storage.add_argument("--cases", type=int, default=10, help="labeled and as many unlabeled synth cases")
+    storage.add_argument("--reads", type=int, default=30)
+    storage.add_argument("--tmp", default=None)
     args = parser.parse_args()
-    {"labels": bench_labels, "speed": bench_speed}[args.what](args)
+    {"labels": bench_labels, "speed": bench_speed, "storage": bench_storage}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from data_prepare.layouts import CaseSource
-from data_prepare.store import array_relpath, write_array
+from data_prepare.store import write_array
 from data_prepare.validate import LoadedCase, load_case
 from pipeline import preprocess as pp
 from pipeline.case_index import SCHEMA_VERSION
 from pipeline.config import PrepareSection
 from pipeline.tasks import TaskSpec
 
-PROCESSING_VERSION = 1  # bump when the arrays a given config produces change
+PROCESSING_VERSION = 2  # bump when the arrays a given config produces change (2: sample format 2)
 BODY_STRIDE = 2
 
 
@@ -140,10 +140,11 @@ def process_case(source: CaseSource, task: TaskSpec, cfg: PrepareSection, work: 
     c_shape = coarse_grid(shape, spacing, cfg)
     coarse = {"shape": list(c_shape), "spacing": list(pp.spacing_of_resized(spacing, shape, c_shape)),
               "region": _box_list(tuple((0.0, float(n)) for n in shape))}
-    coarse["image"] = write_array(work, array_relpath("coarse", cid, "image"), pp.resample_linear(image, c_shape))
+    storage = cfg.sample_storage
+    coarse["image"] = write_array(work, "coarse", cid, "image", pp.resample_linear(image, c_shape), storage)
     if case.label is not None:
         lab = pp.resample_labels(case.label, c_shape, method=cfg.label_resampling)
-        coarse["label"] = write_array(work, array_relpath("coarse", cid, "label"), lab)
+        coarse["label"] = write_array(work, "coarse", cid, "label", lab, storage)
     record["coarse"] = coarse
 
     # fine: ROI box + nominal margin, stored with the jitter allowance
@@ -159,12 +160,12 @@ def process_case(source: CaseSource, task: TaskSpec, cfg: PrepareSection, work: 
     grid = fine_grid(nominal, shape, spacing, cfg)
     fine: dict[str, Any] = {"roi": roi_kind, "roi_box": _box_list(roi), "margin_mm": cfg.fine_margin_mm,
                             "jitter_mm": cfg.fine_jitter_mm, "box": _box_list(nominal), **grid}
-    fine["image"] = write_array(work, array_relpath("fine", cid, "image"),
-                                pp.resample_linear(image, grid["shape"], tuple(grid["region"])))
+    fine["image"] = write_array(work, "fine", cid, "image",
+                                pp.resample_linear(image, grid["shape"], tuple(grid["region"])), storage)
     del image
     if case.label is not None:
         lab = pp.resample_labels(case.label, grid["shape"], tuple(grid["region"]), method=cfg.label_resampling)
-        fine["label"] = write_array(work, array_relpath("fine", cid, "label"), lab)
+        fine["label"] = write_array(work, "fine", cid, "label", lab, storage)
     record["fine"] = fine
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record

@@ -17,6 +17,8 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import shutil
+import statistics
 import sys
 import time
 from collections import deque
@@ -38,6 +40,7 @@ from pipeline.config import PrepareSection
 from pipeline.errors import SegpipeError
 from pipeline.fsutil import atomic_write_text
 from pipeline.log import get_logger, progress
+from pipeline.sample_arrays import SAMPLE_FORMAT
 from pipeline.tasks import get_task
 
 log = get_logger("prepare")
@@ -45,6 +48,7 @@ REPORT_NAME = "prepare_report.json"
 LOCK_NAME = ".prepare.lock"
 # settings that do not change the produced samples
 _NOT_IN_FINGERPRINT = {"workers", "layout", "folds", "seed"}
+SIZE_PROBE_CASES = 4  # cases measured before the size of the rest of a run is projected
 
 
 @dataclass
@@ -190,11 +194,23 @@ def run_prepare(data: str | Path, work: str | Path, cfg: PrepareSection, *, task
             log.info("%d case(s) already prepared with this config, %d to do", skipped, len(todo))
         args = (spec.name, cfg.model_dump(mode="json"), str(root), str(work), fp)
         done = 0
+        written: list[int] = []
+        todo_ids = {c.case_id for c in todo}
+        kept = [b for c in wanted - todo_ids if c in existing and (b := store.record_bytes(existing[c]))]
+        probe = min(len(todo), max(SIZE_PROBE_CASES, workers))
+        if todo and kept:  # sizes of this config's cases already on disk: project before starting
+            _check_space(work, statistics.mean(kept), len(todo), f"{len(kept)} prepared case(s)")
+        elif len(todo) > probe:
+            log.info("%d case(s) to prepare; the disk space they need is projected after the first %d",
+                     len(todo), probe)
         t_cases = time.perf_counter()
         for case_id, record, reason in progress(_results(todo, workers, args), total=len(todo), desc="prepare"):
             if record is not None:
                 index.put(record)
                 done += 1
+                written.append(store.record_bytes(record))
+                if done == probe < len(todo):
+                    _check_space(work, statistics.mean(written), len(todo) - done, f"the first {done}")
             else:
                 index.delete([case_id])
                 failed.append({"case": case_id, "reason": reason or "unknown"})
@@ -212,15 +228,19 @@ def run_prepare(data: str | Path, work: str | Path, cfg: PrepareSection, *, task
                 "task": spec.name, "layout": disc.layout, "data": str(root), "fingerprint": fp,
                 "config": cfg.model_dump(mode="json"), "complete": True, "cases": len(records),
                 "failed": len(failed), "segpipe": __version__, "schema": SCHEMA_VERSION,
+                "sample_format": SAMPLE_FORMAT,
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             })
         store.sweep(work, _referenced(records))
+    sizes = [b for r in records.values() if (b := store.record_bytes(r))]
     report = {
         "data": str(root), "work": str(work), "layout": disc.layout, "task": spec.name,
         "discovered": len(disc.cases), "prepared": done, "skipped": skipped, "indexed": len(records),
         "failed": failed, "removed_stale": stale, "workers": workers,
         "seconds": round(time.perf_counter() - started, 2),
         "cases_per_minute": round(60.0 * done / case_seconds, 2) if done and case_seconds > 0 else None,
+        "sample_bytes_written": sum(written),
+        "sample_bytes": sum(sizes), "sample_bytes_per_case": round(statistics.mean(sizes)) if sizes else None,
         "worker_peak_rss_mib": max((r.get("worker_peak_rss_mib", 0) for r in records.values()), default=None),
         "splits": {"folds": summary["folds"], "labeled": len(summary["labeled"]),
                    "unlabeled": len(summary["unlabeled"]), "test": len(summary["test"])},
@@ -228,6 +248,21 @@ def run_prepare(data: str | Path, work: str | Path, cfg: PrepareSection, *, task
     }
     atomic_write_text(work / REPORT_NAME, json.dumps(report, indent=2) + "\n")
     return PrepareOutcome(report, failed)
+
+
+def _check_space(work: Path, per_case: float, cases: int, measured_on: str) -> None:
+    """Log the projected size of `cases` more cases; stop (resumably) if the disk cannot hold them."""
+    need, free = per_case * cases, shutil.disk_usage(work).free
+    log.info("samples: %.1f MB per case (measured on %s) → %d more case(s) need ~%s; %s free in %s",
+             per_case / 1e6, measured_on, cases, _size(need), _size(free), work)
+    if need > free:
+        raise SegpipeError(f"the remaining {cases} case(s) need ~{_size(need)} ({per_case / 1e6:.1f} MB per case, "
+                           f"measured on {measured_on}) but {work} has {_size(free)} free: free space or use "
+                           "another --work (prepare resumes where it stopped)")
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
 
 
 @contextlib.contextmanager
@@ -258,6 +293,9 @@ def print_summary(outcome: PrepareOutcome, stream: Any = None) -> None:
     rate = f", {r['cases_per_minute']} cases/min" if r["cases_per_minute"] else ""
     print(f"prepare: {r['indexed']} cases indexed ({r['prepared']} prepared, {r['skipped']} up to date, "
           f"{len(outcome.failed)} failed) in {r['seconds']} s{rate}; splits: {r['splits']}", file=stream)
+    if r.get("sample_bytes_per_case"):
+        print(f"samples: {_size(r['sample_bytes'])} on disk, {r['sample_bytes_per_case'] / 1e6:.1f} MB per case "
+              f"({_size(r['sample_bytes_written'])} written by this run)", file=stream)
     if outcome.failed:
         print(f"failed cases ({len(outcome.failed)}):", file=stream)
         print(_failure_table(outcome.failed), file=stream)

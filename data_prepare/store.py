@@ -1,38 +1,46 @@
-"""Sample arrays on disk: `WORK/samples/<stage>/<case>_{image,label}.npy`.
+"""Sample arrays on disk: `WORK/samples/<stage>/<case>_{image,label}.{zst,npy}`.
 
-Plain .npy files (memory-mapped by the reader) rather than blobs inside LMDB; why is measured
-by `bench/loader.py --storage` and explained in the README. Every file is written under a
-temporary name, fsynced and renamed, so a kill leaves no partial array under a final name;
-the record pointing at the arrays is committed to the index only after the renames.
+Files rather than blobs inside LMDB (measured by `bench/loader.py --storage`); their encoding
+(int16 + zstd by default, or memory-mappable float16 .npy) is `pipeline.sample_arrays`. Every
+file is written under a temporary name, fsynced and renamed, so a kill leaves no partial array
+under a final name; the record pointing at the arrays is committed to the index only after the
+renames.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import sample_arrays
 from pipeline.fsutil import atomic_path, check_case_id
 
 SAMPLES_DIRNAME = "samples"
 STAGES = ("coarse", "fine")
+KINDS = ("image", "label")
 
 
-def array_relpath(stage: str, case_id: str, kind: str) -> str:
-    if stage not in STAGES or kind not in ("image", "label"):
-        raise ValueError(f"bad sample array {stage}/{kind}")
-    return f"{SAMPLES_DIRNAME}/{stage}/{check_case_id(case_id)}_{kind}.npy"
+def array_relpath(stage: str, case_id: str, kind: str, storage: sample_arrays.Storage = "zstd") -> str:
+    if stage not in STAGES or kind not in KINDS or storage not in sample_arrays.SUFFIX:
+        raise ValueError(f"bad sample array {stage}/{kind} ({storage})")
+    return f"{SAMPLES_DIRNAME}/{stage}/{check_case_id(case_id)}_{kind}{sample_arrays.SUFFIX[storage]}"
 
 
-def write_array(work: Path, relpath: str, array: np.ndarray) -> dict[str, object]:
-    """Atomically write one array; returns what the record says about it."""
+def write_array(work: Path, stage: str, case_id: str, kind: str, array: np.ndarray,
+                storage: sample_arrays.Storage) -> dict[str, object]:
+    """Atomically write one array; returns what the record says about it (path, shape, encoding, bytes)."""
+    relpath = array_relpath(stage, case_id, kind, storage)
     final = Path(work) / relpath
+    payload, info = sample_arrays.encode(array, kind, storage)
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return {"path": relpath, "shape": [int(v) for v in array.shape], "dtype": str(array.dtype)}
+        sample_arrays.write(fh, payload)
+    return {"path": relpath, **info, "bytes": final.stat().st_size}
+
+
+def record_bytes(record: dict) -> int:
+    """Bytes on disk of one case's arrays, as recorded (0 for format 1 records, which did not say)."""
+    return sum(int(record.get(stage, {}).get(kind, {}).get("bytes", 0)) for stage in STAGES for kind in KINDS)
 
 
 def sweep(work: Path, referenced: set[str]) -> list[str]:

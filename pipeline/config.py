@@ -46,6 +46,9 @@ class PrepareSection(Section):
     ct_body_threshold: float = -500.0  # HU; body mask = largest component above it
     ct_stats: Literal["body", "volume"] = "body"  # z-score statistics inside the body mask, or the whole volume (CSSN)
     label_resampling: Literal["nearest", "linear"] = "linear"  # linear = per-label linear + argmax (measured)
+    # sample arrays on disk (pipeline/sample_arrays.py): zstd = int16 + zstd, ~5× smaller than float32;
+    # npy = float16 .npy, memory-mapped (partial reads for patch training), 2× smaller
+    sample_storage: Literal["zstd", "npy"] = "zstd"
     label_map: dict[int, int] | None = None  # nnunet/flat layouts: raw label id → internal id, explicit
     folds: int = Field(5, ge=2)
     seed: int = 0

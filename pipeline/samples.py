@@ -2,24 +2,27 @@
 
     store = SampleStore(work)
     ids = store.case_ids("train", fold=0)
-    s = store.load(ids[0], "coarse")   # s.image float32 [C,Z,Y,X] memory-mapped, s.label uint8 [Z,Y,X] | None
+    s = store.load(ids[0], "coarse")   # s.image float32 [C,Z,Y,X], s.label uint8 [Z,Y,X] | None
     c = store.fine_crop(ids[0], jitter_mm=10, rng=np.random.default_rng(0))   # ROI-jittered fine crop
 
 All records are read from the LMDB index once, at construction, and the environment is closed:
-a SampleStore holds no open LMDB handle, so it can be passed to forked DataLoader workers, and
-every array read afterwards is a plain memory-mapped .npy read (no pickle anywhere:
-`allow_pickle=False`). torch is imported only by `fine_crop` when it has to resize.
+a SampleStore holds no open LMDB handle, so it can be passed to forked DataLoader workers. Each
+array read afterwards is one file read, decoded by `pipeline.sample_arrays` (zstd storage, the
+default) or memory-mapped (`prepare.sample_storage: npy`, and format 1 work folders); no pickle
+anywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline import preprocess as pp
+from pipeline import sample_arrays
 from pipeline.case_index import CaseIndex, CaseIndexError
 from pipeline.config import PrepareSection
 from pipeline.errors import SegpipeError
@@ -32,7 +35,9 @@ SPLITS = ("train", "val", "labeled", "unlabeled", "test", "all")
 class Sample:
     case_id: str
     stage: str
-    image: np.ndarray  # float32 [C, Z, Y, X], normalised, canonical orientation; zeros for missing modalities
+    # float32 [C, Z, Y, X], normalised, canonical orientation; zeros for missing modalities
+    # (a float16 memory map when prepared with `sample_storage: npy` and loaded with mmap=True)
+    image: np.ndarray
     label: np.ndarray | None  # uint8 [Z, Y, X], internal consecutive ids; None for unlabeled cases
     modality_mask: np.ndarray  # bool [C]
     record: dict[str, Any]
@@ -54,6 +59,10 @@ class SampleStore:
         prepare = meta.get("prepare") or {}
         if not prepare.get("complete") and not allow_incomplete:
             raise SegpipeError(f"{self.work}: prepare did not finish; rerun `segpipe prepare` (it resumes)")
+        fmt = int(prepare.get("sample_format", 1))
+        if fmt > sample_arrays.SAMPLE_FORMAT:
+            raise SegpipeError(f"{self.work}: samples in format {fmt}, this segpipe reads up to "
+                               f"{sample_arrays.SAMPLE_FORMAT}; rerun `segpipe prepare` with this segpipe")
         self.meta = meta
         self.task: TaskSpec = get_task(prepare.get("task", "flare"))
         self.config = PrepareSection.model_validate(prepare["config"]) if "config" in prepare else None
@@ -93,11 +102,7 @@ class SampleStore:
 
     # reading ---------------------------------------------------------------------------------
     def _array(self, info: dict[str, Any], mmap: bool) -> np.ndarray:
-        path = self.work / info["path"]
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        if list(array.shape) != list(info["shape"]):
-            raise SegpipeError(f"{path}: shape {array.shape} does not match the index ({info['shape']})")
-        return array
+        return sample_arrays.read(self.work / info["path"], info, mmap=mmap)
 
     def load_stored(self, case_id: str, stage: str = "coarse", *, mmap: bool = True) -> Sample:
         """The arrays as stored; for `fine` that includes the jitter allowance around the nominal crop."""
@@ -112,7 +117,7 @@ class SampleStore:
 
     def load(self, case_id: str, stage: str = "coarse", *, mmap: bool = True) -> Sample:
         """Coarse: the whole volume at coarse size. Fine: the nominal crop (ROI + margin) at fine
-        size, a zero-copy slice of the stored array."""
+        size, a zero-copy slice of the stored array. `mmap` matters for `npy` storage only."""
         sample = self.load_stored(case_id, stage, mmap=mmap)
         if stage == "coarse":
             return sample
@@ -142,7 +147,8 @@ class SampleStore:
         of unlabeled cases): a number, or (low, high) to draw each of the 6 sides from U(low, high).
         Default: the nominal margin ± `jitter_mm` (a number for ±j, or (inward, outward)).
         CSSN's augmentation is `margin_mm=(-40/3, 40)` half of the time. Margins are clamped to
-        what is stored (nominal + `prepare.fine_jitter_mm`) and to the image. Arrays are copies.
+        what is stored (nominal + `prepare.fine_jitter_mm`) and to the image. Arrays are float32
+        and uint8 copies, resized as prepare resizes (trilinear; labels by `prepare.label_resampling`).
         """
         stored = self.load_stored(case_id, "fine")
         fine = stored.record["fine"]
@@ -173,52 +179,10 @@ class SampleStore:
         crop = self._crop(stored, box)
         out_size = tuple(int(v) for v in (size if size is not None else fine["size"]))
         if tuple(crop.image.shape[-3:]) == out_size:
-            image = np.array(crop.image)
+            image = np.array(crop.image, dtype=np.float32)
             label = np.array(crop.label) if crop.label is not None else None
         else:
-            image, label = _resize_torch(crop.image, crop.label, out_size)
+            image = pp.resample_linear(crop.image, out_size)
+            method = self.config.label_resampling if self.config is not None else "linear"
+            label = pp.resample_labels(crop.label, out_size, method=method) if crop.label is not None else None
         return Sample(case_id, "fine", image, label, crop.modality_mask, crop.record, crop.region)
-
-    def dataset(self, stage: str = "coarse", split: str = "train", fold: int | None = 0, *,
-                ids: Sequence[str] | None = None, transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                jitter_mm: float | tuple[float, float] = 0.0) -> SampleDataset:
-        """A map-style dataset (torch DataLoader-compatible) over one split."""
-        return SampleDataset(self, list(ids) if ids is not None else self.case_ids(split, fold), stage, transform, jitter_mm)
-
-
-def _resize_torch(image: np.ndarray, label: np.ndarray | None, size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
-    import torch
-    import torch.nn.functional as F
-
-    with torch.no_grad():
-        t = torch.from_numpy(np.ascontiguousarray(image))[None]
-        out = F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0].numpy()
-        lab = None
-        if label is not None:
-            tl = torch.from_numpy(np.ascontiguousarray(label))[None, None]
-            lab = F.interpolate(tl, size=size, mode="nearest-exact")[0, 0].numpy()
-    return out, lab
-
-
-class SampleDataset:
-    """`ds[i]` → {"id", "image" float32 [C,Z,Y,X], "label" uint8 [Z,Y,X] (absent when unlabeled),
-    "modality_mask" bool [C]} as numpy arrays (materialised, so DataLoader collation is cheap).
-    Fine samples are ROI-jittered by `jitter_mm` when it is non-zero."""
-
-    def __init__(self, store: SampleStore, ids: list[str], stage: str,
-                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None, jitter_mm: float | tuple[float, float]) -> None:
-        self.store, self.ids, self.stage, self.transform, self.jitter_mm = store, ids, stage, transform, jitter_mm
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        case_id = self.ids[i]
-        if self.stage == "fine" and self.jitter_mm:
-            s = self.store.fine_crop(case_id, jitter_mm=self.jitter_mm)
-        else:  # whole coarse arrays: one read beats memory map + copy (bench/loader.py)
-            s = self.store.load(case_id, self.stage, mmap=self.stage == "fine")
-        item: dict[str, Any] = {"id": case_id, "image": np.array(s.image), "modality_mask": s.modality_mask.copy()}
-        if s.label is not None:
-            item["label"] = np.array(s.label)
-        return self.transform(item) if self.transform else item
