@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from test_train_common import coarse_spec, make_config  # noqa: E402
+from train_helpers import coarse_spec, make_config  # noqa: E402
 
 from pipeline.training import trainer  # noqa: E402
 from pipeline.training.amp import AmpPolicy  # noqa: E402
@@ -62,7 +62,7 @@ SIZE = SIZES["bf16"]
 
 
 def big_source(n_train: int = 4, n_val: int = 1, n_unl: int = 2, size=SIZE):
-    from test_train_common import make_case
+    from train_helpers import make_case
 
     from pipeline.training.data import MemorySource
 
@@ -200,13 +200,16 @@ def test_engine_predicts_under_autocast_like_fp32(mode, flare_case, monkeypatch,
     root, image = flare_case
     case = InferenceCase("twin", {"ct": image}, root / f"out_{mode}.nii.gz")
     demo = ROOT / "model_weights" / "flare_demo"
-    reference = engine.Predictor(load_weights(demo), torch.device("cpu"), engine.Options()).predict(case).labels
+    from pipeline.config import PredictSection
+
+    reference = engine.Predictor(load_weights(demo), torch.device("cpu"), PredictSection()).predict(case).labels
     # what a CUDA device runs: no CPU oneDNN routing (it bypasses autocast), autocast in `mode`
     monkeypatch.setattr(cpu_conv, "use_onednn", lambda model: 0)
-    monkeypatch.setattr(engine, "_autocast", lambda device, amp: torch.autocast("cpu", dtype=DTYPES[amp]))
     weights = load_weights(demo)
     seen, handles = conv_dtypes(weights.stages["fine"].model)
-    got = engine.Predictor(weights, torch.device("cpu"), engine.Options(amp=mode)).predict(case).labels
+    predictor = engine.Predictor(weights, torch.device("cpu"), PredictSection(amp=mode))
+    predictor.amp_dtype = DTYPES[mode]  # what amp_dtype decides on CUDA (the CPU always gets None)
+    got = predictor.predict(case).labels
     for h in handles:
         h.remove()
     assert set(seen) == {DTYPES[mode]}
