@@ -113,16 +113,17 @@ def test_low_resolution_blocks_the_image_and_spares_z_in_plane() -> None:
 
 
 def test_flat_patches_rotate_and_zoom_in_plane_only() -> None:
-    assert A.in_plane_only(_cfg(), (1, 16, 64, 64))  # 64 / 16 > 3: nnU-Net's dummy 2D
-    assert not A.in_plane_only(_cfg(), (1, 32, 64, 64))
+    assert A.in_plane_only(_cfg(rotate_axes="auto"), (1, 16, 64, 64))  # 64 / 16 > 3: nnU-Net's dummy 2D
+    assert not A.in_plane_only(_cfg(rotate_axes="auto"), (1, 32, 64, 64))
+    assert not A.in_plane_only(_cfg(), (1, 16, 64, 64))  # the default rotates about every axis
     assert A.in_plane_only(_cfg(rotate_axes="in_plane"), (1, 32, 64, 64))
     assert not A.in_plane_only(_cfg(rotate_axes="all"), (1, 8, 64, 64))
     # a volume that only varies along z is unchanged by rotations about z and in-plane zooms
     z_ramp = torch.arange(8.0)[None, :, None, None].expand(1, 8, 40, 40).contiguous()
     lab = torch.arange(8, dtype=torch.uint8)[:, None, None].expand(8, 40, 40).contiguous()
     spatial = dict(rotate_p=1.0, scale_p=1.0, scale=(0.7, 1.4), rotate_deg=30)
-    for seed in range(5):
-        im, la = A.augment(z_ramp, lab, torch.Generator().manual_seed(seed), _cfg(**spatial))
+    for seed in range(5):  # 40 / 8 > 3: in-plane only under "auto"
+        im, la = A.augment(z_ramp, lab, torch.Generator().manual_seed(seed), _cfg(rotate_axes="auto", **spatial))
         assert torch.allclose(im, z_ramp, atol=1e-4) and torch.equal(la, lab)
     moved = A.augment(z_ramp, lab, torch.Generator().manual_seed(0), _cfg(rotate_axes="all", **spatial))
     assert not torch.equal(moved[1], lab)
