@@ -346,6 +346,12 @@ def segpipe_prepare(args: argparse.Namespace, data: Path, out: Path) -> Path:
     return work
 
 
+def split_steps(args: argparse.Namespace, budget: int) -> tuple[int, int]:
+    """(coarse, fine) steps of a segpipe budget: `--coarse-share` of it, whole epochs."""
+    coarse = round(budget * args.coarse_share / args.steps_per_epoch) * args.steps_per_epoch
+    return coarse, budget - coarse
+
+
 def segpipe_run(args: argparse.Namespace, data: Path, out: Path, budget: int) -> None:
     run_dir = out / "segpipe" / f"{args.tag or args.recipe}_{budget}"
     done = run_dir / "result.json"
@@ -353,8 +359,7 @@ def segpipe_run(args: argparse.Namespace, data: Path, out: Path, budget: int) ->
         return
     work = segpipe_prepare(args, data, out)
     spe = args.steps_per_epoch
-    coarse_steps = round(budget * args.coarse_share / spe) * spe
-    fine_steps = budget - coarse_steps
+    coarse_steps, fine_steps = split_steps(args, budget)
     sets = [*RECIPES[args.recipe]["train"], *COMMON_TRAIN,
             f"coarse.train.epochs={coarse_steps // spe}", f"fine.train.epochs={fine_steps // spe}",
             f"coarse.train.iters_per_epoch={spe}", f"fine.train.iters_per_epoch={spe}"]
@@ -402,7 +407,7 @@ def segpipe_curve(args: argparse.Namespace, data: Path, out: Path, budget: int) 
     if not done.is_file():
         return
     result = json.loads(done.read_text())
-    coarse_steps = int(result["plan"].split("coarse ")[1].split(" ")[0])
+    coarse_steps, _ = split_steps(args, budget)
     have = {p["iterations"] for p in result["points"]}
     manifest = read_manifest(run_dir / "weights")
     for it in snapshots(args, budget):
