@@ -40,18 +40,13 @@ def walk_dirs(root: Path, depth: int) -> list[Path]:
 def brats_tag(path: Path) -> tuple[str, str] | None:
     """('legacy'|'2023'|'any', modality or 'seg') from a BraTS file name, else None."""
     stem = strip_image_suffix(path)
-    if "-" in stem:
-        tag = stem.rsplit("-", 1)[1].lower()
-        for modality, t in BRATS_2023_TAGS.items():
+    for sep, convention, tags in (("-", "2023", BRATS_2023_TAGS), ("_", "legacy", BRATS_LEGACY_TAGS)):
+        if sep not in stem:
+            continue
+        tag = stem.rsplit(sep, 1)[1].lower()
+        for modality, t in tags.items():
             if tag == t:
-                return "2023", modality
-        if tag == "seg":
-            return "any", "seg"
-    if "_" in stem:
-        tag = stem.rsplit("_", 1)[1].lower()
-        for modality, t in BRATS_LEGACY_TAGS.items():
-            if tag == t:
-                return "legacy", modality
+                return convention, modality
         if tag == "seg":
             return "any", "seg"
     return None
