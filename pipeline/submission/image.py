@@ -154,9 +154,9 @@ def smoke_run(client: Any, tag: str, target: str, workdir: Path, user: str, gpus
         os.chown(outputs, int(uid), int(gid or uid))
     kwargs["volumes"] = volumes
     if gpus:
-        from docker.types import DeviceRequest
+        from pipeline.docker_engine import device_requests
 
-        kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        kwargs["device_requests"] = device_requests("all")
     container = client.containers.run(tag, command, **kwargs)
     try:
         code = int(container.wait().get("StatusCode", -1))
