@@ -105,6 +105,15 @@ RECIPES: dict[str, dict[str, list[str]]] = {
                   "fine.train.patch_size=[32,64,64]", "fine.model.deep_supervision=true"],
     },
 }
+# the semi-supervised row's segpipe modes: overrides on top of the recipe (CPS/UIF off in COMMON_TRAIN).
+# The unlabeled pool is small (~13 scans) and the fine stage short, so UIF refreshes every 5 epochs from
+# epoch 10 and keeps the more certain half (CSSN's 200 of 2000 is for a pool 150× larger).
+SEMI_MODES: dict[str, list[str]] = {
+    "labeled": [],
+    "cps": ["train.cps.enabled=true", "train.cps.rampup_epochs=10"],
+    "cps_uif": ["train.cps.enabled=true", "train.cps.rampup_epochs=10", "train.uif.enabled=true",
+                "train.uif.refresh_every=5", "train.uif.start_epoch=10", "train.uif.fraction=0.5"],
+}
 COMMON_TRAIN = ["coarse.train.batch_size=2", "fine.train.batch_size=2", "train.num_threads=1", "train.workers=0",
                 "train.channels_last=true", "train.warmup_epochs=1", "train.val_every=2", "train.keep_checkpoints=1000",
                 "train.cps.enabled=false", "train.uif.enabled=false"]
@@ -129,6 +138,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--nnunet-venv", default=None, help="an existing venv with nnunetv2 (default: OUT/nnunet_venv, built)")
     ap.add_argument("--report", action="store_true", help="only print the table and write the plot from finished runs")
     ap.add_argument("--quick", action="store_true", help="4+2 scans, budgets 250 (checks the plumbing)")
+    ap.add_argument("--semi", type=float, default=None, metavar="FRACTION",
+                    help="semi-supervised row: this share of the training scans labeled, the rest unlabeled "
+                         "(OUT/semi); segpipe labeled-only vs CPS vs CPS+UIF, nnU-Net on the labeled share")
+    ap.add_argument("--semi-modes", default=",".join(SEMI_MODES), help="segpipe modes of the --semi row")
     args = ap.parse_args()
     if args.quick:
         args.train, args.test, args.budgets, args.snapshots, args.steps_per_epoch = 6, 2, "250", "", 25
@@ -160,6 +173,30 @@ def make_data(args: argparse.Namespace, out: Path) -> Path:
         write_flare_dataset(data, cases=args.train, validation=args.test, seed=args.seed, size=args.size,
                             force=True, workers=2)
     return data
+
+
+def make_semi_data(data: Path, out: Path, fraction: float) -> Path:
+    """OUT/semi/data: the first `fraction` of the training scans with labels, the others in unlabeled/
+    (hard links, their labels left out), the same held-out scans."""
+    semi = out / "data"
+    if (semi / "semi.json").is_file():
+        return semi
+    images = sorted((data / "images").glob("*_0000.nii.gz"))
+    n_labeled = max(2, round(fraction * len(images)))
+    for sub in ("images", "labels", "unlabeled", "validation", "validation_labels"):
+        (semi / sub).mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        if i < n_labeled:
+            os.link(img, semi / "images" / img.name)
+            label = img.name.replace("_0000.nii.gz", ".nii.gz")
+            os.link(data / "labels" / label, semi / "labels" / label)
+        else:
+            os.link(img, semi / "unlabeled" / img.name)
+    for sub in ("validation", "validation_labels"):
+        for f in sorted((data / sub).glob("*.nii.gz")):
+            os.link(f, semi / sub / f.name)
+    write_result(semi / "semi.json", {"fraction": fraction, "labeled": n_labeled, "unlabeled": len(images) - n_labeled})
+    return semi
 
 
 def score(pred: Path, data: Path, dest: Path) -> dict[str, Any]:
@@ -352,15 +389,19 @@ def split_steps(args: argparse.Namespace, budget: int) -> tuple[int, int]:
     return coarse, budget - coarse
 
 
-def segpipe_run(args: argparse.Namespace, data: Path, out: Path, budget: int) -> None:
-    run_dir = out / "segpipe" / f"{args.tag or args.recipe}_{budget}"
+def segpipe_run(args: argparse.Namespace, data: Path, out: Path, budget: int, mode: str | None = None,
+                coarse_from: Path | None = None) -> Path:
+    """One segpipe run (OUT/segpipe/<tag>_<budget>); `mode` adds SEMI_MODES overrides; `coarse_from`
+    (a finished run) lends its trained coarse stage, so only the fine stage differs between runs."""
+    tag = (args.tag or args.recipe) + (f"_{mode}" if mode else "")
+    run_dir = out / "segpipe" / f"{tag}_{budget}"
     done = run_dir / "result.json"
     if done.is_file():
-        return
+        return run_dir
     work = segpipe_prepare(args, data, out)
     spe = args.steps_per_epoch
     coarse_steps, fine_steps = split_steps(args, budget)
-    sets = [*RECIPES[args.recipe]["train"], *COMMON_TRAIN,
+    sets = [*RECIPES[args.recipe]["train"], *COMMON_TRAIN, *SEMI_MODES.get(mode or "labeled", []),
             f"coarse.train.epochs={coarse_steps // spe}", f"fine.train.epochs={fine_steps // spe}",
             f"coarse.train.iters_per_epoch={spe}", f"fine.train.iters_per_epoch={spe}"]
     sets_args = [x for p in sets for x in ("--set", p)]
@@ -370,6 +411,11 @@ def segpipe_run(args: argparse.Namespace, data: Path, out: Path, budget: int) ->
         shutil.copytree(work, own, ignore=shutil.ignore_patterns("train"))
     timing = run_dir / "train_s.json"  # training finished: only package, predict and score again
     times = json.loads(timing.read_text()) if timing.is_file() else {}
+    if coarse_from is not None and "coarse" not in times:
+        shutil.rmtree(own / "train" / "coarse", ignore_errors=True)
+        shutil.copytree(coarse_from / "work" / "train" / "coarse", own / "train" / "coarse")
+        times["coarse"] = json.loads((coarse_from / "train_s.json").read_text())["coarse"]
+        write_result(timing, times)
     for stage in ("coarse", "fine"):
         if stage in times:
             continue
@@ -388,10 +434,20 @@ def segpipe_run(args: argparse.Namespace, data: Path, out: Path, budget: int) ->
                  {"SEGPIPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}, args.cpu)
     metrics = summarise(score(pred, data, run_dir / "metrics.json"))
     point = {"iterations": budget, "predict_s_per_case": t_pred / args.test, **metrics}
-    write_result(done, {"system": "segpipe", "tag": args.tag or args.recipe,
-                        "plan": f"recipe {args.tag or args.recipe}: coarse {coarse_steps} + fine {fine_steps}",
+    shared = f" (coarse of {coarse_from.name})" if coarse_from is not None else ""
+    write_result(done, {"system": "segpipe", "tag": tag,
+                        "plan": f"recipe {args.recipe}: coarse {coarse_steps}{shared} + fine {fine_steps}",
                         "iterations": budget, "train_s": times["coarse"] + times["fine"], "train_split_s": times,
                         "points": [point], **point, "overrides": sets})
+    return run_dir
+
+
+def segpipe_semi(args: argparse.Namespace, data: Path, out: Path, budget: int) -> None:
+    """The semi-supervised row: labeled-only first (its coarse stage is then shared), CPS, CPS+UIF."""
+    labeled = segpipe_run(args, data, out, budget, "labeled")
+    for mode in args.semi_modes.split(","):
+        if mode != "labeled":
+            segpipe_run(args, data, out, budget, mode, coarse_from=labeled)
 
 
 def segpipe_curve(args: argparse.Namespace, data: Path, out: Path, budget: int) -> None:
@@ -499,6 +555,20 @@ def main() -> int:
     args = parse()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.semi is not None and not args.report:
+        data = make_data(args, out)
+        semi_out = out / "semi"
+        semi_data = make_semi_data(data, semi_out, args.semi)
+        for budget in (int(b) for b in args.budgets.split(",")):
+            for system in args.systems.split(","):
+                t0 = time.time()
+                if system == "nnunet":
+                    nnunet_run(args, semi_data, semi_out, budget)
+                else:
+                    segpipe_semi(args, semi_data, semi_out, budget)
+                print(f"semi {system} {budget}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
+        report(semi_out)
+        return 0
     if not args.report:
         data = make_data(args, out)
         for budget in (int(b) for b in args.budgets.split(",")):
