@@ -105,6 +105,17 @@ RECIPES: dict[str, dict[str, list[str]]] = {
                   "fine.train.patch_size=[32,64,64]", "fine.model.deep_supervision=true"],
     },
 }
+# "native" without the nnU-Net pieces configs/flare.yaml opts into: segpipe's default augmentation
+# (rotation ±10°, zoom ±10 %, intensity jitter, no mirroring) and foreground patches centred on any
+# organ voxel instead of a uniformly drawn organ: the recipe of the 8,000-iteration run.
+RECIPES["native_plain"] = {
+    "prepare": RECIPES["native"]["prepare"],
+    "train": [*RECIPES["native"]["train"], "train.augment.flip_axes=[]", "train.augment.rotate_deg=10",
+              "train.augment.rotate_axes=all", "train.augment.scale=0.1", "train.augment.intensity_p=0.5",
+              *(f"train.augment.{k}_p=0" for k in ("noise", "blur", "brightness", "contrast", "lowres",
+                                                   "gamma_inverted", "gamma")),
+              "coarse.train.fg_sampling=voxel", "fine.train.fg_sampling=voxel"],
+}
 # the semi-supervised row's segpipe modes: overrides on top of the recipe (CPS/UIF off in COMMON_TRAIN).
 # The unlabeled pool is small (~13 scans) and the fine stage short, so UIF refreshes every 5 epochs from
 # epoch 10 and keeps the more certain half (CSSN's 200 of 2000 is for a pool 150× larger).
