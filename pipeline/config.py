@@ -100,6 +100,10 @@ class StageTrainSection(Section):
     fg_sampling: Literal["class", "voxel"] = "class"
     lr: float = Field(1e-3, gt=0)
     loss: Literal["dice_ce", "dice_focal"] = "dice_ce"
+    # fine-tuning (nnU-Net's -pretrained_weights): a segpipe weights folder (manifest.json, sha256-checked)
+    # whose network of this stage starts every network of the run; a bare name is looked up in
+    # model_weights/ (SEGPIPE_WEIGHTS). The architecture must match; --resume takes precedence.
+    init_weights: str | None = None
 
 
 class ModelSection(Section):

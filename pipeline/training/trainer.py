@@ -35,6 +35,7 @@ from pipeline.training.epoch_log import EpochLogger
 from pipeline.training.export import build_stage_model
 from pipeline.training.method_step import MethodStep
 from pipeline.training.optim import build_optimizer, lr_factor, param_groups, set_lr
+from pipeline.training.pretrained import initialise_from
 from pipeline.training.step import Batch, PlainStep, RunContext, StepAt, StepOutput, TrainStep
 from pipeline.training.validate import Scorer, class_dice, validate_epoch, validation_due
 
@@ -178,6 +179,12 @@ def _engine(spec: StageSpec, source: SampleSource, cfg: Any, out_dir: Path, ctx:
     state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best_dice": None, "best_epoch": None,
                              "best_net": None, "metrics": [], "model_config": spec.model_config}
     tensors = _restore(run, pair, optimizer, resume, state)
+    if spec.train.init_weights and state["global_step"] == 0:
+        source_info = initialise_from(list(pair.nets), spec.name, spec.model_config, spec.train.init_weights)
+        spec.info["init_weights"] = source_info
+        if ctx.is_main:
+            log.info("%s: every network starts from %s (fine-tuning; its best: %s)", spec.name,
+                     source_info["folder"], source_info["best"])
     if ctx.is_main:
         _write_model_config(run)
     model: nn.Module = wrap_ddp(pair, ctx)
