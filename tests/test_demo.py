@@ -13,21 +13,24 @@ from pipeline.commands import demo
 @pytest.mark.slow
 def test_demo_flare_end_to_end_small(tmp_path, monkeypatch, capsys):
     """Every stage as a real subprocess (most of the ~1 min is seven torch imports)."""
-    import copy
+
+    import yaml
 
     from pipeline.cli import main
 
     monkeypatch.setattr(demo, "FLARE_DATA", {"cases": 3, "unlabeled": 1, "validation": 1})
-    tiny = copy.deepcopy(demo.FLARE_CONFIG)
-    tiny["prepare"].update(coarse_size=[16, 32, 32], fine_size=[16, 32, 32], folds=3)
-    tiny["coarse"]["model"]["channels"] = [4, 8]
-    tiny["fine"]["model"]["channels"] = [4, 8]
-    tiny["coarse"]["train"]["iters_per_epoch"] = None
-    monkeypatch.setattr(demo, "FLARE_CONFIG", tiny)
+    tiny, _ = demo.demo_config("flare")  # configs/demo_flare.yaml, shrunk and from scratch
+    tiny["prepare"].update(coarse_size=[16, 32, 32], fine_size=[16, 32, 32], fine_spacing=None, folds=3)
+    for stage in ("coarse", "fine"):
+        tiny[stage]["model"]["channels"] = [4, 8]
+        tiny[stage]["train"].update(iters_per_epoch=None, init_weights=None, patch_size=None)
+    (tmp_path / "tiny_demo_flare.yaml").write_text(yaml.safe_dump(tiny))
+    monkeypatch.setitem(demo.CONFIGS, "flare", str(tmp_path / "tiny_demo_flare.yaml"))
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--tasks", "flare", "--epochs-scale", "0.1"]) == 0
     printed = capsys.readouterr().out
     assert "segpipe demo: done" in printed and "mean DSC" in printed and "mean NSD" in printed
+    assert "trained from scratch" in printed
     page = (out / "report.html").read_text()
     assert "Headline metrics" in page and "srcdoc=" in page and "http://" not in page.split("srcdoc=")[0]
     metrics = json.loads((out / "flare" / "work" / "metrics.json").read_text())
