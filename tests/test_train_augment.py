@@ -143,7 +143,7 @@ def test_mirroring_only_on_configured_axes() -> None:
     assert flips == {(), (0,), (1,), (0, 1)}
 
 
-def test_config_ranges_are_validated_and_flare_uses_nnunet_values() -> None:
+def test_config_ranges_are_validated_and_flare_uses_the_benchmarked_augmentation() -> None:
     from pydantic import ValidationError
 
     from pipeline.config import load_config
@@ -155,6 +155,7 @@ def test_config_ranges_are_validated_and_flare_uses_nnunet_values() -> None:
             AugmentSection(**bad)
     aug = load_config("flare").train.augment
     assert 2 not in aug.flip_axes  # x flips would swap left/right organ labels
-    assert (aug.rotate_deg, aug.scale_range, aug.noise_std, aug.gamma_range) == (30, (0.7, 1.4), 0.1, (0.7, 1.5))
+    # bench/train_vs_nnunet.py: nnU-Net's extra transforms cost 0.049 mean DSC at 3,000 iterations
+    assert (aug.rotate_deg, aug.scale_range) == (10, pytest.approx((0.9, 1.1)))
     assert (aug.noise_p, aug.blur_p, aug.brightness_p, aug.contrast_p, aug.lowres_p, aug.gamma_inverted_p,
-            aug.gamma_p) == (0.1, 0.2, 0.15, 0.15, 0.25, 0.1, 0.3)
+            aug.gamma_p) == (0, 0, 0, 0, 0, 0, 0)
