@@ -63,7 +63,7 @@ def test_wrong_architecture_missing_folder_and_tampered_weights_are_named(tmp_pa
     weights = make_random_weights(tmp_path / "w", fp16=False)
     with pytest.raises(SegpipeError, match=r"differs from the configured one \(channels: \[4, 8, 16\] there"):
         _run(tmp_path / "a", str(weights), channels=(4, 8, 32))
-    with pytest.raises(SegpipeError, match="no manifest.json"):
+    with pytest.raises(SegpipeError, match=r"no manifest\.json"):
         _run(tmp_path / "b", str(tmp_path / "nowhere"))
     blob = bytearray((weights / "coarse.safetensors").read_bytes())
     blob[-1] ^= 0xFF
