@@ -40,6 +40,7 @@ from pipeline.config import PrepareSection
 from pipeline.errors import SegpipeError
 from pipeline.fsutil import atomic_write_text
 from pipeline.log import get_logger, progress
+from pipeline.provenance import training_data_record
 from pipeline.sample_arrays import SAMPLE_FORMAT
 from pipeline.tasks import get_task
 
@@ -172,6 +173,9 @@ def run_prepare(data: str | Path, work: str | Path, cfg: PrepareSection, *, task
     spec = get_task(disc.task)
     fp = fingerprint(spec.name, cfg, label_convention if spec.name == "brats" else None)
     workers = max(1, workers or cfg.workers)
+    # read now (headers only): package copies it into the weights' manifest
+    training_data = training_data_record(root, [next(p for p in c.images.values() if p is not None)
+                                                for c in disc.cases if any(c.images.values())])
     log.info("%s layout, task %s: %d cases found in %s (%s)", disc.layout, spec.name, len(disc.cases), root,
              "; ".join(disc.notes) or "-")
     work.mkdir(parents=True, exist_ok=True)
@@ -228,7 +232,7 @@ def run_prepare(data: str | Path, work: str | Path, cfg: PrepareSection, *, task
                 "task": spec.name, "layout": disc.layout, "data": str(root), "fingerprint": fp,
                 "config": cfg.model_dump(mode="json"), "complete": True, "cases": len(records),
                 "failed": len(failed), "segpipe": __version__, "schema": SCHEMA_VERSION,
-                "sample_format": SAMPLE_FORMAT,
+                "sample_format": SAMPLE_FORMAT, "training_data": training_data,
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             })
         store.sweep(work, _referenced(records))
@@ -244,7 +248,7 @@ def run_prepare(data: str | Path, work: str | Path, cfg: PrepareSection, *, task
         "worker_peak_rss_mib": max((r.get("worker_peak_rss_mib", 0) for r in records.values()), default=None),
         "splits": {"folds": summary["folds"], "labeled": len(summary["labeled"]),
                    "unlabeled": len(summary["unlabeled"]), "test": len(summary["test"])},
-        "fingerprint": fp, "config": cfg.model_dump(mode="json"),
+        "fingerprint": fp, "config": cfg.model_dump(mode="json"), "training_data": training_data,
     }
     atomic_write_text(work / REPORT_NAME, json.dumps(report, indent=2) + "\n")
     return PrepareOutcome(report, failed)

@@ -1,10 +1,11 @@
 """A report people read: one self-contained HTML page (PNGs inlined as base64, no external
 assets, opens offline) plus the same PNGs as files.
 
-Sections, each present when its data is: summary of the means; per-label box plots; the
-per-case table sorted by the worst label; contour overlays (ground truth solid, prediction
-dashed) on axial and coronal slices for the worst and the median case; the efficiency table
-and timeline (GPU memory and CPU over time).
+Sections, each present when its data is: summary of the means with the median case's overlay
+beside it (evaluation/overlay.py: image | ground truth | prediction), so the first screen shows
+both numbers and a picture; per-label box plots; the per-case table sorted by the worst label;
+the worst case's overlay through its worst label; the efficiency table and timeline (GPU
+memory and CPU over time).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from evaluation.overlay import FIRST_SCREEN_CSS
 from evaluation.results import higher_is_better, worst_value
 from pipeline.fsutil import atomic_write_bytes, atomic_write_text
 from pipeline.log import get_logger
@@ -34,8 +34,8 @@ th{background:#eef1f6;position:sticky;top:0}td.name,th.name{text-align:left}
 .scroll{max-height:520px;overflow:auto;border:1px solid #d6dbe4;display:inline-block;max-width:100%}
 .scroll table{margin:0}
 img{max-width:100%;border:1px solid #e3e7ee;margin:6px 0}
-.warn{color:#9a3412}.ok{color:#166534}
-"""
+.warn{color:#9a3412}.ok{color:#166534}.top h2{margin-top:8px}
+""" + FIRST_SCREEN_CSS
 
 
 def _png(fig: Any) -> bytes:
@@ -108,73 +108,6 @@ def ranked_cases(results: dict[str, Any]) -> list[dict[str, Any]]:
         return v if better else -v
 
     return sorted(results["cases"], key=key)
-
-
-def _load_canonical(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    from pipeline.image_io import read_image, to_canonical
-
-    image = read_image(path)
-    array, reo = to_canonical(image)
-    array = np.array(array, copy=True)  # to_canonical may return a view into `image`'s buffer
-    spacing = reo.canonical.spacing  # (x, y, z)
-    return array, (spacing[2], spacing[1], spacing[0])
-
-
-def overlay_png(case: str, gt_path: Path, pred_path: Path | None, image_path: Path | None, label_names: dict[int, str],
-                focus_label: int | None) -> bytes:
-    """Axial and coronal slices through the focus label's GT centre, GT solid, prediction dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    gt, spacing = _load_canonical(gt_path)
-    pred = _load_canonical(pred_path)[0] if pred_path is not None else np.zeros_like(gt)
-    if pred.shape != gt.shape:
-        pred = np.zeros_like(gt)
-    background = None
-    if image_path is not None and image_path.is_file():
-        img = _load_canonical(image_path)[0]
-        if img.shape == gt.shape:
-            background = img.astype(np.float32)
-    mask = gt == focus_label if focus_label is not None and np.any(gt == focus_label) else gt > 0
-    if not mask.any():
-        mask = pred > 0
-    centre = [round(float(np.mean(idx))) for idx in np.nonzero(mask)] if mask.any() else [s // 2 for s in gt.shape]
-    z, y, _ = centre
-    cmap = plt.get_cmap("tab20")
-    present = sorted(set(np.unique(gt).tolist()) | set(np.unique(pred).tolist()) - {0})
-    present = [v for v in present if v != 0]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
-    views = [
-        ("axial", (slice(z, z + 1), slice(None), slice(None)), spacing[1] / spacing[2], "upper"),
-        ("coronal", (slice(None), slice(y, y + 1), slice(None)), spacing[0] / spacing[2], "lower"),
-    ]
-    for ax, (title, sl, aspect, origin) in zip(axes, views, strict=True):
-        g2, p2 = np.squeeze(gt[sl]), np.squeeze(pred[sl])
-        if background is not None:
-            b2 = np.squeeze(background[sl])
-            lo, hi = np.percentile(b2, [1, 99]) if b2.size else (0, 1)
-            ax.imshow(b2, cmap="gray", vmin=lo, vmax=max(hi, lo + 1), aspect=aspect, origin=origin, interpolation="nearest")
-        else:
-            ax.imshow(np.zeros_like(g2, dtype=float), cmap="gray", vmin=0, vmax=1, aspect=aspect, origin=origin)
-        for value in present:
-            colour = cmap((value - 1) % 20)
-            if np.any(g2 == value):
-                ax.contour((g2 == value).astype(float), levels=[0.5], colors=[colour], linewidths=1.4, origin=origin)
-            if np.any(p2 == value):
-                ax.contour((p2 == value).astype(float), levels=[0.5], colors=[colour], linewidths=1.2, linestyles="--", origin=origin)
-        ax.set_title(f"{title} slice {z if title == 'axial' else y}")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    handles = [Line2D([], [], color=cmap((v - 1) % 20), lw=2, label=label_names.get(v, str(v))) for v in present]
-    handles += [Line2D([], [], color="black", lw=1.4, label="ground truth"), Line2D([], [], color="black", lw=1.2, ls="--", label="prediction")]
-    fig.legend(handles=handles, loc="lower center", ncol=min(8, len(handles)), fontsize=7, frameon=False)
-    focus = label_names.get(focus_label, "all labels") if focus_label is not None else "all labels"
-    fig.suptitle(f"{case}: slices through {focus}" + ("" if pred_path is not None else " (no prediction)"))
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    return _png(fig)
 
 
 # --------------------------------------------------------------------------------------
@@ -269,23 +202,6 @@ def _efficiency_table(eff: dict[str, Any]) -> str:
     return "<div class=scroll><table>" + "".join(rows) + "</table></div>"
 
 
-def _label_names(results: dict[str, Any]) -> dict[int, str]:
-    out = {}
-    for name, entry in results["mean"].items():
-        ident = entry.get("id")
-        if isinstance(ident, int):
-            out[ident] = name
-    return out
-
-
-def _overlay_cases(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    ranked = [c for c in ranked_cases(results) if c["status"] != "failed"]
-    if not ranked:
-        return []
-    picks = [("worst", ranked[0]), ("median", ranked[len(ranked) // 2])]
-    return picks if picks[0][1]["case"] != picks[1][1]["case"] else picks[:1]
-
-
 def write_report(
     out_dir: str | Path,
     *,
@@ -310,17 +226,22 @@ def write_report(
     if accuracy is not None:
         task = accuracy["task"]
         title = f"segpipe: {task} evaluation"
-        parts.append(f"<h2>Summary</h2><p class=meta>{len(accuracy['cases'])} case(s); missing {len(accuracy['missing'])}; "
-                     f"failed {len(accuracy['failed'])}; unmatched predictions {len(accuracy['unmatched'])}.</p>")
+        images = Path(image_dir) if image_dir else None
+        pairs, problem = _pairs(pred_dir, gt_dir)
+        summary = [f"<h2>Summary</h2><p class=meta>{len(accuracy['cases'])} case(s); missing {len(accuracy['missing'])}; "
+                   f"failed {len(accuracy['failed'])}; unmatched predictions {len(accuracy['unmatched'])}.</p>"]
         for key in ("missing", "failed", "unmatched"):
             if accuracy[key]:
-                parts.append(f"<p class=warn>{key}: {html.escape(', '.join(accuracy[key]))}</p>")
-        parts.append(_summary_table(accuracy))
+                summary.append(f"<p class=warn>{key}: {html.escape(', '.join(accuracy[key]))}</p>")
+        summary.append(_summary_table(accuracy))
+        parts.append(f"<div class=top><div>{''.join(summary)}</div>{_median_figure(accuracy, pairs, images, out)}</div>")
         figures["boxplots.png"] = boxplot_png(accuracy)
         parts.append("<h2>Per-label distributions</h2>" + _img_tag(figures["boxplots.png"], "box plots"))
         parts.append("<h2>Cases, worst first</h2>" + _case_table(accuracy))
-        if pred_dir is not None and gt_dir is not None:
-            parts.append(_overlay_section(accuracy, Path(pred_dir), Path(gt_dir), Path(image_dir) if image_dir else None, figures))
+        if problem:
+            parts.append(f"<h2>Overlays</h2><p class=warn>{html.escape(problem)}</p>")
+        elif pairs:
+            parts.append(_worst_section(accuracy, pairs, images, figures))
     if efficiency is not None:
         if accuracy is None:
             title = "segpipe: efficiency report"
@@ -338,39 +259,62 @@ def write_report(
     return path
 
 
-def _overlay_section(results: dict[str, Any], pred_dir: Path, gt_dir: Path, image_dir: Path | None, figures: dict[str, bytes]) -> str:
+def _pairs(pred_dir: str | Path | None, gt_dir: str | Path | None) -> tuple[dict[str, Any], str | None]:
+    """Case → matched prediction/ground-truth files, or the reason there are none."""
     from evaluation.matching import match_cases
     from pipeline.errors import SegpipeError
 
+    if pred_dir is None or gt_dir is None:
+        return {}, None
     try:
-        pairs = {p.case: p for p in match_cases(pred_dir, gt_dir).pairs}
+        return {p.case: p for p in match_cases(Path(pred_dir), Path(gt_dir)).pairs}, None
     except SegpipeError as exc:
-        return f"<h2>Overlays</h2><p class=warn>{html.escape(str(exc))}</p>"
-    names = _label_names(results)
-    ids = {n: e.get("id") for n, e in results["mean"].items()}
-    metric = _primary_metric(results)
-    html_parts = ["<h2>Overlays: worst and median case</h2><p class=meta>Ground truth solid, prediction dashed; "
-                  "slices through the centre of the case's worst label.</p>"]
-    for which, case in _overlay_cases(results):
-        pair = pairs.get(case["case"])
-        if pair is None:
-            continue
-        better = higher_is_better(metric)
-        scored = [(e[metric], n) for n, e in case["labels"].items() if e.get(metric) is not None]
-        worst_name = (min(scored) if better else max(scored))[1] if scored else None
-        focus = ids.get(worst_name) if worst_name is not None else None
-        focus_id = focus if isinstance(focus, int) else None
-        image_path = None
-        if image_dir is not None:
-            image_path = next((p for p in sorted(image_dir.glob(f"{case['case']}_0000.*"))), None)
-        try:
-            png = overlay_png(case["case"], pair.gt, pair.pred, image_path, names, focus_id)
-        except Exception as exc:  # a broken file must not lose the rest of the report
-            log.warning("overlay for %s failed: %s", case["case"], exc)
-            html_parts.append(f"<p class=warn>{which} case {html.escape(case['case'])}: overlay failed ({html.escape(str(exc))})</p>")
-            continue
-        fname = f"overlay_{which}_{case['case']}.png"
-        figures[fname] = png
-        html_parts.append(f"<h3>{which} case: {html.escape(case['case'])} (worst label {html.escape(str(worst_name))})</h3>"
-                          + _img_tag(png, f"{which} case overlay"))
-    return "".join(html_parts)
+        return {}, str(exc)
+
+
+def _median_figure(results: dict[str, Any], pairs: dict[str, Any], image_dir: Path | None, out: Path) -> str:
+    """The median case's overlay for the first screen, also saved for the demo page."""
+    from evaluation.overlay import OVERLAY_INDEX, median_overlay, save_overlay
+
+    (out / OVERLAY_INDEX).unlink(missing_ok=True)  # no stale figure from an earlier run
+    if not pairs:
+        return ""
+    try:
+        overlay = median_overlay(results, pairs, image_dir)
+    except Exception as exc:  # a broken file must not lose the rest of the report
+        log.warning("median-case overlay failed: %s", " ".join(str(exc).split()))
+        return f"<p class=warn>median-case overlay failed ({html.escape(str(exc))})</p>"
+    if overlay is None:
+        return ""
+    save_overlay(overlay, out, f"overlay_median_{overlay.case}.png")
+    return overlay.html()
+
+
+def _worst_section(results: dict[str, Any], pairs: dict[str, Any], image_dir: Path | None, figures: dict[str, bytes]) -> str:
+    """The worst case's overlay, through its worst label (the median case is at the top)."""
+    from evaluation.overlay import find_case_image, median_case, metric_name, render
+
+    ranked = [c for c in ranked_cases(results) if c["status"] != "failed" and c["case"] in pairs]
+    median = median_case(results)
+    if not ranked or (median is not None and ranked[0]["case"] == median[0]["case"]):
+        return ""
+    case, metric = ranked[0], _primary_metric(results)
+    better = higher_is_better(metric)
+    scored = [(e[metric], n) for n, e in case["labels"].items() if e.get(metric) is not None]
+    worst_name = (min(scored) if better else max(scored))[1] if scored else None
+    ident = case["labels"].get(worst_name, {}).get("id") if worst_name is not None else None
+    focus = ident if isinstance(ident, int) else None  # a BraTS region (several labels): its whole foreground
+    caption = (f"Worst case by its worst label's {metric_name(metric)}: {case['case']} (worst label {worst_name}). "
+               "Image, ground truth, prediction; slices through the largest cross-section of "
+               f"{'that label' if focus is not None else 'the ground truth'}.")
+    pair = pairs[case["case"]]
+    if pair.pred is None:
+        caption += " No prediction was written for it: the prediction panels are empty."
+    try:
+        overlay = render(case["case"], pair.gt, pair.pred, find_case_image(image_dir, case["case"]), results["task"],
+                         focus_label=focus, caption=caption)
+    except Exception as exc:  # a broken file must not lose the rest of the report
+        log.warning("overlay for %s failed: %s", case["case"], exc)
+        return f"<h2>Overlays: worst case</h2><p class=warn>{html.escape(case['case'])}: overlay failed ({html.escape(str(exc))})</p>"
+    figures[f"overlay_worst_{case['case']}.png"] = overlay.png
+    return f"<h2>Overlays: worst case</h2>{overlay.html()}"

@@ -28,6 +28,7 @@ from pipeline.fsutil import atomic_path
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 DIRECTION_TOLERANCE = 1e-4  # orthonormality check of the direction matrix
+NOTE_KEY = "ITK_FileNotes"  # ITK's name for a NIfTI's `descrip` and a MetaImage's/NRRD's notes
 
 
 def image_suffix(path: str | Path) -> str | None:
@@ -346,18 +347,21 @@ def validate_image(image: sitk.Image, path: str | Path, *, check_finite: bool = 
 def write_image(image: sitk.Image, path: str | Path, *, compress: bool = True) -> Path:
     """Write atomically (temp name + rename) so readers never see a partial file.
 
-    Outside NIfTI the reader's header fields (a NIfTI's `ITK_FileNotes`, `qto_xyz`, ...) are
-    dropped first: MetaImageIO cannot store them and prints a warning for each one, per case."""
+    Outside NIfTI the reader's header fields (a NIfTI's `qto_xyz`, `intent_name`, ...) are
+    dropped first: MetaImageIO cannot store them and prints a warning for each one, per case.
+    A non-empty note (`ITK_FileNotes`, e.g. segpipe synth's marker) is a plain string and stays."""
     final = Path(path)
     suffix = image_suffix(final)
     if suffix is None or suffix in (".mhd", ".nhdr"):
         # detached headers name their data file, which a temp-name-and-rename would break
         raise ImageError(final, "unsupported output type (write .nii.gz, .nii, .mha or .nrrd)")
-    if suffix not in (".nii.gz", ".nii") and image.GetMetaDataKeys():
+    keep = NOTE_KEY if image.HasMetaDataKey(NOTE_KEY) and image.GetMetaData(NOTE_KEY).strip() else None
+    if suffix not in (".nii.gz", ".nii") and set(image.GetMetaDataKeys()) - {keep}:
         image = sitk.Image(image)
         image.MakeUnique()  # the dictionary is shared until then: the caller's image keeps its own
         for key in image.GetMetaDataKeys():
-            image.EraseMetaData(key)
+            if key != keep:
+                image.EraseMetaData(key)
     with atomic_path(final) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
     return final

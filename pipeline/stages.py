@@ -151,7 +151,7 @@ def build_graph(task: str, folders: Folders, overrides: Sequence[str] = (), *, l
             ev += ["--report", Ref("work", "report")]
         if task == "brats":
             ev += ["--convention", label_convention]
-        elif report and folders.input is not None:
+        if report and folders.input is not None:  # the overlays' background images
             ev += ["--images", Ref("input")]
             mounts["input"] = "ro"
         stages.append(Stage("evaluate", tuple(ev), mounts, inputs=("gt",), outputs=(Ref("work", "metrics.json"),)))

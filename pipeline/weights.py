@@ -1,7 +1,8 @@
 """Deployable model weights: `model_weights/<name>/` = safetensors per stage + `manifest.json`.
 
     <name>/manifest.json        task, labels, modalities, preprocessing, per-stage model configs,
-                                sha256 and size of every file, versions
+                                sha256 and size of every file, versions, training_data (optional:
+                                what the work folder was prepared from, pipeline.provenance)
     <name>/coarse.safetensors   <name>/coarse.json   (pipeline.training.export format)
     <name>/fine.safetensors     <name>/fine.json
 
@@ -115,7 +116,10 @@ def write_manifest(folder: str | Path, *, name: str, task: str, preprocessing: d
 
 def package_work(work: str | Path, dest: str | Path, *, name: str | None = None, fp16: bool = True,
                  extra: dict[str, Any] | None = None) -> Path:
-    """Export both trained stages of WORK (best checkpoints) to `dest` and write its manifest."""
+    """Export both trained stages of WORK (best checkpoints) to `dest` and write its manifest.
+
+    The manifest's `training_data` is what prepare recorded about WORK's data folder (synthetic
+    or not; null for a work folder prepared before prepare recorded it); `extra` may override it."""
     from pipeline.samples import SampleStore
     from pipeline.training.export import export_stage
 
@@ -125,8 +129,10 @@ def package_work(work: str | Path, dest: str | Path, *, name: str | None = None,
     dest = Path(dest)
     for stage in STAGES:
         export_stage(work, stage, dest, fp16=fp16)
+    training_data = (store.meta.get("prepare") or {}).get("training_data")
     return write_manifest(dest, name=name or dest.name, task=store.task.name,
-                          preprocessing=store.config.model_dump(mode="json"), extra=extra)
+                          preprocessing=store.config.model_dump(mode="json"),
+                          extra={"training_data": training_data, **(extra or {})})
 
 
 # reading -----------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ def test_demo_flare_end_to_end_small(tmp_path, monkeypatch, capsys):
     assert "trained from scratch" in printed
     page = (out / "report.html").read_text()
     assert "Headline metrics" in page and "srcdoc=" in page and "http://" not in page.split("srcdoc=")[0]
+    # the first screen: the median validation case's overlay beside the headline table
+    assert "<figure class=overlay>" in page.split("<iframe")[0] and "flare: Median case by mean DSC" in page
     metrics = json.loads((out / "flare" / "work" / "metrics.json").read_text())
     assert f"{metrics['overall']['dsc']:.4f}" in page  # the page shows the real numbers
     with zipfile.ZipFile(out / "submissions" / "flare.zip") as zf:

@@ -105,22 +105,25 @@ def _headline(task: str, metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _report_page(out: Path, rows: list[dict[str, Any]]) -> Path:
-    """One self-contained page: headline metrics per task and each task's full report inline
-    (iframe srcdoc, so the page has no external assets and opens offline)."""
+    """One self-contained page: headline metrics beside each task's median-case overlay (what the
+    task's evaluation report saved, evaluation/overlay.py), so the first screen shows numbers and
+    pictures, then each task's full report inline (iframe srcdoc: no external assets, opens offline)."""
     import html
 
+    from evaluation.overlay import FIRST_SCREEN_CSS, load_overlay
     from pipeline.fsutil import atomic_write_text
 
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>segpipe demo</title><style>",
-             "body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1250px;padding:0 16px;color:#1d2330}"
+             "body{font-family:system-ui,sans-serif;margin:16px auto;max-width:1250px;padding:0 16px;color:#1d2330}"
+             "h1{margin:0 0 4px}h2{margin:10px 0 6px}"
              "table{border-collapse:collapse}th,td{border:1px solid #d6dbe4;padding:4px 10px;text-align:right}"
              "th{background:#eef1f6}td.n{text-align:left}iframe{width:100%;height:1400px;border:1px solid #d6dbe4}"
-             ".meta{color:#5b6475}",
+             f".meta{{color:#5b6475;margin:0 0 8px}}{FIRST_SCREEN_CSS}",
              "</style></head><body><h1>segpipe demo</h1>",
              "<p class='meta'>Synthetic data and small networks on the CPU; each task's training (column "
              "<i>training</i>) fine-tunes weights shipped with segpipe, which were themselves trained on synthetic "
              "data only, or trains from scratch. The pipeline is real; the numbers say nothing about real scans."
-             "</p><h2>Headline metrics</h2><table>"
+             "</p><div class='top'><div><h2>Headline metrics</h2><table>"
              "<tr><th class='n'>task</th><th class='n'>training</th><th class='n'>metric</th><th>value</th>"
              "<th class='n'>submission</th></tr>"]
     for row in rows:
@@ -129,7 +132,12 @@ def _report_page(out: Path, rows: list[dict[str, Any]]) -> Path:
             first = (html.escape(row["task"]), html.escape(row.get("start", ""))) if i == 0 else ("", "")
             parts.append(f"<tr><td class='n'>{first[0]}</td><td class='n'>{first[1]}</td><td class='n'>"
                          f"{html.escape(name)}</td><td>{value:.4f}</td><td class='n'>{sub}</td></tr>")
-    parts.append("</table>")
+    parts.append("</table></div>")
+    for row in rows:
+        overlay = load_overlay(Path(row["report"]).parent)
+        if overlay is not None:
+            parts.append(overlay.html(f"{row['task']}: "))
+    parts.append("</div>")
     for row in rows:
         report = Path(row["report"])
         parts.append(f"<h2>{html.escape(row['task'])}: evaluation report</h2>")

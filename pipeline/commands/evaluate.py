@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     brats.add_argument("--markdown", metavar="FILE", help="with --subsets: write the table as Markdown")
     brats.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="with --subsets")
     report = parser.add_argument_group("report")
-    report.add_argument("--images", metavar="DIR", help="CT/MR images (<case>_0000.nii.gz) as overlay background")
+    report.add_argument("--images", metavar="DIR", help="the overlays' background images: <case>_0000.nii.gz files "
+                        "or BraTS case folders (<case>/<case>-t1c.nii.gz, ...)")
     report.add_argument("--efficiency", metavar="FILE", help="efficiency JSON whose timelines go into the report")
     eff = parser.add_argument_group("efficiency")
     eff.add_argument("--image", metavar="IMAGE", help="submission image, e.g. teamname:latest")

@@ -98,6 +98,7 @@ def run_predict(input_dir: str | Path, output_dir: str | Path, settings: Predict
     from pipeline.device import pick_device
     from pipeline.image_io import from_canonical, write_image
     from pipeline.inference.engine import Predictor
+    from pipeline.provenance import SyntheticInputCheck
     from pipeline.weights import default_weights_root, find_weights, load_weights
 
     settings = settings or PredictSection()
@@ -116,6 +117,7 @@ def run_predict(input_dir: str | Path, output_dir: str | Path, settings: Predict
     if loaded.task != plan.task:
         log.warning("weights %s are for task %s, the %s input looks like %s data", wdir, loaded.task, plan.mode, plan.task)
     predictor = Predictor(loaded, dev, settings)
+    synthetic = SyntheticInputCheck(wdir, loaded.manifest)
     log.info("%s mode: %d case(s) in %s → %s; weights %s (%s) on %s, %d threads", plan.mode, len(plan.cases),
              plan.root, plan.out, wdir.name, loaded.task, dev, torch.get_num_threads())
 
@@ -134,6 +136,8 @@ def run_predict(input_dir: str | Path, output_dir: str | Path, settings: Predict
         failure(problem.case_id, problem.reason, problem.output, problem.reference)
     for case in plan.cases:
         t = time.perf_counter()
+        if line := synthetic.warning(case.case_id, next(iter(case.present.values()), None)):
+            log.warning("%s", line)
         try:
             res = predictor.predict(case)
             write_image(from_canonical(res.labels, res.reorientation), case.output)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.image_io import Geometry, from_canonical, write_image
+from pipeline.image_io import Geometry
+from pipeline.synth.dataset import write_volume
 from pipeline.tasks import BRATS_2023_TAGS, BRATS_LEGACY_TAGS, BRATS_MODALITIES
 
 
@@ -28,9 +29,9 @@ def write_flare_case(image_path: Path, label_path: Path | None, seed: int, *, si
 
     case = make_flare_case(seed, size)
     reo = _reorient(case.geometry, orientation, seed)
-    write_image(from_canonical(case.image, reo), image_path)
+    write_volume(case.image, reo, image_path, "flare")
     if label_path is not None:
-        write_image(from_canonical(case.label, reo), label_path)
+        write_volume(case.label, reo, label_path, "flare")
     return reo.original
 
 
@@ -57,10 +58,9 @@ def write_brats_case(case_dir: Path, seed: int, *, size: str = "small", orientat
     cid = case_dir.name
     tags, sep = (BRATS_2023_TAGS, "-") if naming == "2023" else (BRATS_LEGACY_TAGS, "_")
     for modality in modalities:
-        write_image(from_canonical(case.images[modality], reo), case_dir / f"{cid}{sep}{tags[modality]}.nii.gz")
+        write_volume(case.images[modality], reo, case_dir / f"{cid}{sep}{tags[modality]}.nii.gz", "brats")
     if label:
-        write_image(from_canonical(case.label_in("2023" if naming == "2023" else "legacy"), reo),
-                    case_dir / f"{cid}{sep}seg.nii.gz")
+        write_volume(case.label_in("2023" if naming == "2023" else "legacy"), reo, case_dir / f"{cid}{sep}seg.nii.gz", "brats")
     return reo.original
 
 

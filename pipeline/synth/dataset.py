@@ -26,12 +26,13 @@ from pipeline.errors import SegpipeError
 from pipeline.fsutil import atomic_write_text, check_case_id
 from pipeline.image_io import Reorientation, image_from_array, write_image
 from pipeline.log import get_logger, progress
+from pipeline.provenance import SYNTH_GENERATOR, SYNTH_MANIFEST, mark_synthetic
 from pipeline.synth.noise import case_seed, rng_for
 from pipeline.synth.orient import ORIENTATIONS, reorientation_to
 from pipeline.tasks import BRATS_2023_TAGS, BRATS_LEGACY_TAGS, BRATS_MODALITIES, FLARE22_LABELS
 
-MANIFEST = "synth.json"
-GENERATOR = "segpipe synth"
+MANIFEST = SYNTH_MANIFEST
+GENERATOR = SYNTH_GENERATOR
 FORMAT_VERSION = 1
 LAYOUTS = ("2023", "legacy")
 log = get_logger("synth")
@@ -78,9 +79,9 @@ def _finish_manifest(out: Path, kind: str, options: dict[str, Any], previous: li
     return manifest
 
 
-def _write_volume(array: np.ndarray, reo: Reorientation, path: Path) -> None:
-    """Canonical array → stored orientation → atomic .nii.gz."""
-    write_image(image_from_array(reo.array_to_original(array), reo.original), path)
+def write_volume(array: np.ndarray, reo: Reorientation, path: Path, kind: str) -> None:
+    """Canonical array → stored orientation → atomic .nii.gz, marked as `segpipe synth <kind>`."""
+    write_image(mark_synthetic(image_from_array(reo.array_to_original(array), reo.original), kind), path)
 
 
 def _geometry_json(reo: Reorientation, orientation: str) -> dict[str, Any]:
@@ -113,10 +114,10 @@ def _flare_job(out: str, role: str, index: int, seed: int, size: str, orientatio
     case = make_flare_case(cseed, size)
     reo = reorientation_to(case.geometry, orientation, rng_for(cseed, 99))
     files = {"image": f"{image_dir}/{case_id}_0000.nii.gz"}
-    _write_volume(case.image, reo, Path(out) / files["image"])
+    write_volume(case.image, reo, Path(out) / files["image"], "flare")
     if label_dir is not None:
         files["label"] = f"{label_dir}/{case_id}.nii.gz"
-        _write_volume(case.label, reo, Path(out) / files["label"])
+        write_volume(case.label, reo, Path(out) / files["label"], "flare")
     return {
         "id": case_id, "role": role, "seed": cseed, "files": files, "geometry": _geometry_json(reo, orientation),
         "organ_volumes_mm3": {k: round(v, 1) for k, v in case.organ_volumes_mm3().items()},
@@ -223,9 +224,9 @@ def _brats_job(out: str, index: int, seed: int, size: str, orientation: str, lay
     files = {}
     for modality in present:
         files[modality] = f"{case_id}/{brats_file_name(layout, case_id, modality)}"
-        _write_volume(case.images[modality], reo, folder / brats_file_name(layout, case_id, modality))
+        write_volume(case.images[modality], reo, folder / brats_file_name(layout, case_id, modality), "brats")
     files["seg"] = f"{case_id}/{brats_file_name(layout, case_id, 'seg')}"
-    _write_volume(case.label_in(convention), reo, folder / brats_file_name(layout, case_id, "seg"))
+    write_volume(case.label_in(convention), reo, folder / brats_file_name(layout, case_id, "seg"), "brats")
     return {
         "id": case_id, "seed": cseed, "files": files, "present": list(present),
         "missing": [m for m in BRATS_MODALITIES if m not in present], "geometry": _geometry_json(reo, orientation),
@@ -283,4 +284,4 @@ def _check_common(size: str, sizes: dict[str, Any], orientation: str, workers: i
 
 
 __all__ = ["brats_case_id", "brats_file_name", "draw_present", "parse_missing_rates", "prepare_output",
-           "write_brats_dataset", "write_flare_dataset"]
+           "write_brats_dataset", "write_flare_dataset", "write_volume"]
