@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = set(args.stages.split(","))
     n = args.cases or (18 if args.task == "flare" else 16)
     t0 = time.perf_counter()
-    training_data: dict[str, object] = {"synthetic": True, "generator": "segpipe synth", "cases": n, "size": "small"}
+    training_data: dict[str, object] = {"synthetic": True, "generator": "segpipe synth", "kind": args.task, "cases": n,
+                                        "size": "small"}
     if args.task == "flare":
         training_data |= {"seed": FLARE_SEED, "orientation": "lps"}
     else:

@@ -108,8 +108,10 @@ def test_training_data_of_other_folders(tmp_path, synth_flare):
 def test_synthetic_training_from_the_record_or_the_old_trained_on_text():
     record = {"synthetic": True, "generator": "segpipe synth", "kind": "flare", "seed": 0, "size": "small", "cases": 14}
     assert synthetic_training({"training_data": record}) == "segpipe synth flare, seed 0, size small, 14 cases"
-    shipped = json.loads((REPO / "model_weights" / "flare_demo" / "manifest.json").read_text())
-    assert "training_data" not in shipped  # today's shipped weights: only the free text says it
+    flare = json.loads((REPO / "model_weights" / "flare_demo" / "manifest.json").read_text())
+    assert synthetic_training(flare) == "segpipe synth flare, seed 1, size small, 18 cases"
+    shipped = json.loads((REPO / "model_weights" / "brats_demo" / "manifest.json").read_text())
+    assert "training_data" not in shipped  # older shipped weights: only the free text says it
     assert synthetic_training(shipped) == shipped["trained_on"]
     assert synthetic_training({"training_data": {"synthetic": False, "source": "FLARE22"}}) is None
     assert synthetic_training({"training_data": None}) is None and synthetic_training({}) is None
