@@ -321,6 +321,20 @@ def nnunet_prepare(args: argparse.Namespace, data: Path, out: Path) -> tuple[Pat
     return py, json.loads(info_file.read_text())
 
 
+def write_small_split(data: Path, out: Path) -> None:
+    """Fewer than 5 labeled scans (the --semi row): nnU-Net cannot make its 5-fold split, so fold 0
+    is given as splits_final.json — segpipe's fold 0 (data_prepare.splits, prepare.seed 0)."""
+    from data_prepare.splits import assign_folds
+
+    ids = sorted(p.name.removesuffix(".nii.gz") for p in (data / "labels").glob("*.nii.gz"))
+    dest = out / "nnunet" / "preprocessed" / DATASET_NAME / "splits_final.json"
+    if len(ids) >= 5 or dest.is_file():
+        return
+    fold = assign_folds(ids, 5, 0)
+    dest.write_text(json.dumps([{"train": [c for c in ids if fold[c] != 0], "val": [c for c in ids if fold[c] == 0]}],
+                               indent=1))
+
+
 def nnunet_predict(py: Path, out: Path, env: dict[str, str], checkpoint: str, dest: Path, cpu: str | None) -> float:
     if dest.exists():
         shutil.rmtree(dest)
@@ -342,6 +356,7 @@ def nnunet_run(args: argparse.Namespace, data: Path, out: Path, budget: int) -> 
     env["nnUNet_results"] = str(out / "nnunet" / str(budget) / "results")
     run_dir = out / "nnunet" / str(budget)
     timing = run_dir / "train_s.json"  # training finished: only predict and score again
+    write_small_split(data, out)
     if not timing.is_file():
         t = run(nnunet_entry(py, "nnunetv2.run.run_training", "run_training_entry",
                              [str(DATASET_ID), REDUCED, "0", "-tr", TRAINER, "-device", "cpu"]),
