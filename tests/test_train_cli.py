@@ -35,6 +35,10 @@ def test_train_coarse_with_cps_uif_then_resume(work: Path, monkeypatch) -> None:
     info = json.loads((out / "model_config.json").read_text())
     assert info["model"]["num_classes"] == 14 and info["sample_size"] == [16, 24, 24]
     assert json.loads((out / "uif" / "ranking.json").read_text())["total"] == 2
+    from pipeline.config import load_config  # the resolved settings are kept and load back as they ran
+
+    ran = load_config(out / "config.yaml")
+    assert ran.coarse.model.channels == [4, 8, 16] and ran.train.uif.refresh_every == 1 and ran.coarse.train.epochs == 2
     assert main([*args, "--set", "coarse.train.epochs=3", "--resume"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epoch"] == 3 and [m["epoch"] for m in summary["metrics"]] == [1, 2, 3]

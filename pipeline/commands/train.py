@@ -122,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     ctx = init_distributed(args.device)
     try:
+        if ctx.is_main:  # the settings this run trained with, resolved (config file + overrides + prepare's)
+            from pipeline.config import dump_config
+            from pipeline.fsutil import atomic_write_text
+
+            out = stage_dir(args.work, args.stage)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.yaml", f"# resolved by `segpipe train {args.stage}`\n" + dump_config(config))
         summary = train_stage(spec, store, config.train, stage_dir(args.work, args.stage), ctx=ctx, resume=args.resume)
         if ctx.is_main:
             best = summary["best_dice"]
