@@ -28,7 +28,8 @@ def stage_spec(config: Any, task: TaskSpec) -> Any:
             "sample_size": config.prepare.coarse_size, "sample_spacing": config.prepare.coarse_spacing}
     loader = None
     if config.coarse.modality_dropout > 0:  # the localiser must work on any modality subset too
-        loader = with_modality_dropout(None, "coarse", config.coarse.modality_dropout)
+        loader = with_modality_dropout(None, "coarse", config.coarse.modality_dropout, config.train.modality_subsets)
         info["modality_dropout"] = config.coarse.modality_dropout
+        info["modality_subsets"] = config.train.modality_subsets
     return StageSpec(name="coarse", model_config=model_config(config, task), train=st, num_classes=task.num_classes,
                      sample_stage="coarse", loader=loader, info=info)

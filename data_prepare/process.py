@@ -26,7 +26,8 @@ from pipeline.case_index import SCHEMA_VERSION
 from pipeline.config import PrepareSection
 from pipeline.tasks import TaskSpec
 
-PROCESSING_VERSION = 2  # bump when the arrays a given config produces change (2: sample format 2)
+PROCESSING_VERSION = 3  # bump when the arrays a given config produces change (2: sample format 2,
+# 3: MRI z-scored in each modality's own foreground)
 BODY_STRIDE = 2
 
 
@@ -62,12 +63,16 @@ def normalise(case: LoadedCase, task: TaskSpec, cfg: PrepareSection) -> tuple[np
         if raw is None:
             per_modality[modality] = None  # missing: zeros, excluded from every statistic
             continue
-        mean, std = pp.mri_statistics(raw, mask)
-        image[c] = pp.normalize_mri(raw, mask, mean, std)
-        per_modality[modality] = {"mean": mean, "std": std}
+        # each modality in its own foreground (as ShaSpec's `truncate`): with the union of the
+        # present modalities, a channel's values would change with whichever others a case brings,
+        # and training (all four) and inference (any subset) would normalise differently
+        own = pp.mri_brain_mask([raw])
+        mean, std = pp.mri_statistics(raw, own)
+        image[c] = pp.normalize_mri(raw, own, mean, std)
+        per_modality[modality] = {"mean": mean, "std": std, "voxels": int(own.sum())}
     found = pp.bounding_box(mask)
     box = found if found is not None else ((0, shape[0]), (0, shape[1]), (0, shape[2]))
-    return image, box, {"kind": "mri", "region": "brain", "brain_voxels": int(mask.sum()), "modalities": per_modality}
+    return image, box, {"kind": "mri", "region": "modality", "brain_voxels": int(mask.sum()), "modalities": per_modality}
 
 
 def coarse_grid(shape: tuple[int, int, int], spacing: tuple[float, float, float], cfg: PrepareSection) -> tuple[int, int, int]:

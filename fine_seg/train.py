@@ -45,10 +45,13 @@ def stage_spec(config: Any, task: TaskSpec, source: Any = None) -> Any:
     if config.fine.roi_jitter_mm > 0 and config.fine.roi_jitter_p > 0 and hasattr(source, "fine_crop"):
         loader = jitter_loader(config.fine.roi_jitter_mm, config.fine.roi_jitter_p)
     if config.fine.modality_dropout > 0:  # the plain network (the methods have their own schedules)
-        loader = with_modality_dropout(loader, "fine", config.fine.modality_dropout)
+        loader = with_modality_dropout(loader, "fine", config.fine.modality_dropout, config.train.modality_subsets)
         info["modality_dropout"] = config.fine.modality_dropout
+        info["modality_subsets"] = config.train.modality_subsets
     method = _method(config, task, st)
     scorer = None
+    if getattr(config.fine.missing, "dropout", "none") != "none":  # ShaSpec / LCKD random subsets
+        info["modality_subsets"] = config.train.modality_subsets
     if method is not None:  # model selection as the papers report: the mean over the modality subsets
         from fine_seg.missing.validate import subset_scorer
 
@@ -68,4 +71,5 @@ def _method(config: Any, task: TaskSpec, st: Any) -> Any:
         if len(task.modalities) < 2:
             raise ConfigError(f"fine.method {config.fine.method} needs a multi-modal task (task {task.name} has one input)")
     return build_method(config.fine.method, config.fine.missing, num_classes=task.num_classes, loss_kind=st.loss,
-                        seed=config.train.seed, modalities=tuple(task.modalities))
+                        seed=config.train.seed, modalities=tuple(task.modalities),
+                        subset_sampling=config.train.modality_subsets)

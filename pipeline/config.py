@@ -338,6 +338,10 @@ class TrainSection(Section):
     workers: int = Field(0, ge=0)  # data-loading processes per training process
     val_every: int = Field(1, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    # multi-modal tasks: the distribution of the modality subset a dropped sample keeps (coarse/fine
+    # modality_dropout, ShaSpec/LCKD dropout; pipeline/training/modality_dropout.py). uniform: every
+    # non-empty subset alike (1/15 each); by_size: ShaSpec's size-first draw (pairs 1/24, full set 1/4)
+    modality_subsets: Literal["uniform", "by_size"] = "uniform"
     cps: CPSSection = CPSSection()
     uif: UIFSection = UIFSection()
     augment: AugmentSection = AugmentSection()

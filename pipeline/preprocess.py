@@ -47,7 +47,8 @@ def normalize_ct(array: np.ndarray, window: Sequence[float], mean: float, std: f
 
 
 def mri_brain_mask(channels: Sequence[np.ndarray | None]) -> np.ndarray:
-    """Voxels that are non-zero in any present modality (BraTS data are skull-stripped)."""
+    """Voxels that are non-zero in any present modality (BraTS data are skull-stripped): of one
+    modality, its own foreground (its statistics region); of all present ones, the brain box."""
     present = [c for c in channels if c is not None]
     if not present:
         raise ValueError("no modality present")
@@ -58,13 +59,13 @@ def mri_brain_mask(channels: Sequence[np.ndarray | None]) -> np.ndarray:
 
 
 def mri_statistics(array: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """Mean and std of one modality inside the brain mask."""
+    """Mean and std of one modality inside `mask` (its own foreground, data_prepare.process)."""
     values = array[mask].astype(np.float64) if mask.any() else array.astype(np.float64).ravel()
     return float(values.mean()), float(values.std())
 
 
 def normalize_mri(array: np.ndarray, mask: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """Z-score inside the brain mask, exactly 0 outside (float32)."""
+    """Z-score inside `mask`, exactly 0 outside (float32)."""
     out = array.astype(np.float32, copy=True)
     out -= np.float32(mean)
     out /= np.float32(max(std, _EPS_STD))

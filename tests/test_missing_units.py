@@ -65,6 +65,56 @@ def test_random_subsets_stay_inside_the_available_modalities() -> None:
     assert torch.equal(schedule_masks(avail, 50, 100, g, warmup_fraction=0.44, p=0.0), avail)
 
 
+def _frequencies(masks: torch.Tensor) -> dict[tuple[int, ...], float]:
+    rows = [tuple(int(i) for i in torch.nonzero(r).flatten()) for r in masks]
+    return {s: rows.count(s) / len(rows) for s in set(rows)}
+
+
+def test_uniform_subset_sampling_gives_every_subset_the_same_share() -> None:
+    """train.modality_subsets uniform: each non-empty subset of a case's modalities 1/(2^n − 1) of
+    the draws; by_size (ShaSpec's random mode) 1/16 per single, 1/24 per pair, 1/4 for the full set."""
+    g = torch.Generator().manual_seed(1)
+    n = 15000  # expected 1000 per subset, sd ≈ 31
+    full = torch.ones(n, 4, dtype=torch.bool)
+    uni = _frequencies(random_subset_masks(full, g))
+    assert set(uni) == set(all_subsets(4))
+    assert all(f == pytest.approx(1 / 15, rel=0.15) for f in uni.values()), uni
+    size = _frequencies(random_subset_masks(full, g, sampling="by_size"))
+    expected = {1: 1 / 16, 2: 1 / 24, 3: 1 / 16, 4: 1 / 4}
+    assert all(f == pytest.approx(expected[len(s)], rel=0.15) for s, f in size.items()), size
+    # a case with flair, t1ce and t2 only: the 7 subsets of those, uniformly
+    part = _frequencies(random_subset_masks(torch.tensor([[1, 0, 1, 1]], dtype=torch.bool).repeat(7000, 1), g))
+    assert set(part) == {s for s in all_subsets(4) if 1 not in s}
+    assert all(f == pytest.approx(1 / 7, rel=0.15) for f in part.values()), part
+    # LCKD (keep_all_missing=1): the 14 strict subsets, uniformly
+    lckd = _frequencies(random_subset_masks(full[:14000], g, keep_all_missing=1))
+    assert set(lckd) == set(all_subsets(4)[:-1])
+    assert all(f == pytest.approx(1 / 14, rel=0.15) for f in lckd.values()), lckd
+    with pytest.raises(ValueError, match="subset sampling"):
+        random_subset_masks(full[:2], g, sampling="sized")
+
+
+def test_shaspec_schedule_follows_train_modality_subsets() -> None:
+    """What a ShaSpec run with a config's train.modality_subsets trains on after the warm-up: the
+    masks its step draws, counted (the shipped demo weights saw each pair in ~2 % of the samples)."""
+    from fine_seg.train import stage_spec
+    from pipeline.config import validate_config
+    from pipeline.tasks import get_task
+
+    def shares(subsets: str | None) -> dict[tuple[int, ...], float]:
+        train = {"modality_subsets": subsets} if subsets else {}
+        cfg = validate_config({"task": {"name": "brats"}, "fine": {"method": "shaspec", "missing": {"warmup_fraction": 0.0}},
+                               "train": train}, "test")
+        method = stage_spec(cfg, get_task("brats")).method
+        avail = torch.ones(8, 4, dtype=torch.bool)
+        return _frequencies(torch.cat([method.masks(avail, step, 1000) for step in range(1000)]))
+
+    default = shares(None)
+    assert len(default) == 15 and all(f == pytest.approx(1 / 15, rel=0.15) for f in default.values()), default
+    size = shares("by_size")
+    assert size[(0, 1, 2, 3)] == pytest.approx(1 / 4, rel=0.15) and size[(0, 1)] == pytest.approx(1 / 24, rel=0.2)
+
+
 def test_imbalanced_masks_have_the_requested_rates_and_no_empty_case() -> None:
     ids = [f"c{i:03d}" for i in range(200)]
     masks = imbalanced_masks(ids, RATES, seed=3)

@@ -84,18 +84,44 @@ def test_ct_normalisation_and_body_mask():
     assert out.max() == pytest.approx((325 - mean) / std, rel=1e-5)
 
 
-def test_mri_normalisation_is_zero_outside_the_brain():
+def test_mri_normalisation_of_a_channel_ignores_the_other_modalities():
+    """Each modality is z-scored in its own foreground: removing another modality (a missing file,
+    or modality dropout at training time) leaves a channel's values exactly as they were. With the
+    union of the present modalities as the region, t2's voxels where only t1 is non-zero would be
+    (0 − mean)/std ≈ −9 with t1 present and 0 without it."""
+    import types
+
+    from data_prepare.process import normalise
+    from pipeline.tasks import get_task
+
     rng = np.random.default_rng(5)
     t1 = np.zeros((12, 12, 12), np.float32)
     t1[2:10, 3:9, 2:11] = rng.normal(300, 40, (8, 6, 9))
     t2 = np.zeros_like(t1)
-    t2[3:10, 3:9, 2:11] = rng.normal(800, 90, (7, 6, 9))
+    t2[3:10, 3:9, 2:11] = rng.normal(800, 90, (7, 6, 9))  # one slice less than t1
+    flair = np.zeros_like(t1)
+    flair[2:11, 2:9, 2:11] = rng.normal(500, 60, (9, 7, 9))  # a slightly larger foreground
+    task, cfg = get_task("brats"), PrepareSection()
+    names = task.modalities  # flair, t1, t1ce, t2
+
+    def run(**present: np.ndarray) -> tuple[np.ndarray, tuple]:
+        case = types.SimpleNamespace(shape=t1.shape, channels={m: present.get(m) for m in names})
+        image, box, _ = normalise(case, task, cfg)  # type: ignore[arg-type]
+        return image, box
+
+    full, box = run(flair=flair, t1=t1, t2=t2)
+    alone, _ = run(t2=t2)
+    pair, _ = run(t1=t1, t2=t2)
+    i2 = names.index("t2")
+    assert np.array_equal(full[i2], alone[i2]) and np.array_equal(full[i2], pair[i2])
+    assert np.array_equal(full[names.index("t1")], pair[names.index("t1")])
+    fg = t2 != 0
+    assert not full[i2][~fg].any()
+    assert full[i2][fg].mean() == pytest.approx(0.0, abs=1e-5) and full[i2][fg].std() == pytest.approx(1.0, abs=1e-5)
+    assert not full[names.index("t1ce")].any()  # missing: all zero
+    assert box == ((2, 11), (2, 9), (2, 11))  # the brain box: every present modality's foreground
     mask = pp.mri_brain_mask([t1, None, t2])
     assert mask.sum() == (t1 != 0).sum()
-    mean, std = pp.mri_statistics(t2, mask)
-    out = pp.normalize_mri(t2, mask, mean, std)
-    assert not out[~mask].any()
-    assert out[mask].mean() == pytest.approx(0.0, abs=1e-5) and out[mask].std() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_fine_grid_holds_the_nominal_crop_exactly():

@@ -82,10 +82,18 @@ def test_coarse_modality_dropout_comes_from_the_config() -> None:
     assert spec.info["modality_dropout"] == 1.0
     image = np.ones((4, 2, 2, 2), np.float32)
     source = MemorySource({"c": MemorySample(image, None, np.ones(4, bool))}, {"train": ["c"]})
-    for seed in range(20):
+    seen = set()
+    for seed in range(300):
         sample = spec.loader(source, "c", seed)
         kept = sample.modality_mask
-        assert 1 <= kept.sum() < 4  # a non-empty strict subset, the others zeroed
+        assert kept.any()  # a non-empty subset, the others zeroed
         assert (sample.image[~kept] == 0).all() and (sample.image[kept] == 1).all()
+        seen.add(tuple(bool(v) for v in kept))
+    assert len(seen) == 15  # train.modality_subsets uniform (default): the full set is one of the 15
     assert source.load("c").modality_mask.all() and (source.load("c").image == 1).all()  # the source is untouched
+    cfg = validate_config({"task": {"name": "brats"}, "coarse": {"modality_dropout": 1.0},
+                           "train": {"modality_subsets": "by_size"}}, "test")
+    spec = stage_spec(cfg, get_task("brats"))
+    assert spec.info["modality_subsets"] == "by_size"
+    assert all(1 <= spec.loader(source, "c", seed).modality_mask.sum() < 4 for seed in range(50))  # strict subsets
     assert stage_spec(validate_config({"task": {"name": "brats"}}, "t"), get_task("brats")).loader is None

@@ -32,8 +32,9 @@ class MissingMethod:
     keep_all_missing = 0  # LCKD: 1 (a dropped sample always misses one of its modalities)
 
     def __init__(self, settings: Any, *, num_classes: int, loss_kind: str = "dice_ce", seed: int = 0,
-                 modalities: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")) -> None:
+                 modalities: tuple[str, ...] = ("flair", "t1", "t1ce", "t2"), subset_sampling: str = "uniform") -> None:
         self.s = settings
+        self.subset_sampling = subset_sampling  # train.modality_subsets
         self.num_classes = num_classes
         self.loss_kind = loss_kind
         self.seed = seed
@@ -47,7 +48,8 @@ class MissingMethod:
             return available.bool()
         return schedule_masks(available.cpu(), global_step, total_steps, self.generator("mask", global_step),
                               warmup_fraction=self.s.warmup_fraction, p=self.s.dropout_p,
-                              keep_all_missing=self.keep_all_missing).to(available.device)
+                              keep_all_missing=self.keep_all_missing,
+                              sampling=self.subset_sampling).to(available.device)
 
     def supervised(self, logits: Any, target: torch.Tensor) -> torch.Tensor:
         return supervised_loss(logits, target, kind=self.loss_kind)

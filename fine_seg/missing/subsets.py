@@ -1,5 +1,7 @@
-"""Modality subsets: the 15 non-empty subsets of {flair, t1, t1ce, t2}, dropout schedules and
-fixed per-case masks drawn at imbalanced missing rates (PASSION's `mr2468` protocol).
+"""Modality subsets: the 15 non-empty subsets of {flair, t1, t1ce, t2}, dropout schedules (the
+subset draw itself is pipeline.training.modality_dropout.draw_subset, shared with the plain
+networks' modality dropout) and fixed per-case masks drawn at imbalanced missing rates
+(PASSION's `mr2468` protocol).
 
 Masks are bool tensors/arrays in segpipe's modality order (pipeline.tasks.BRATS_MODALITIES).
 Every random draw takes an explicit generator, so training stays reproducible across resumes.
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.tasks import BRATS_MODALITIES
+from pipeline.training.modality_dropout import draw_subset
 
 
 def all_subsets(n: int = 4) -> list[tuple[int, ...]]:
@@ -49,22 +52,21 @@ def parse_subsets(text: str, names: Sequence[str] = BRATS_MODALITIES) -> list[tu
 
 
 def random_subset_masks(available: torch.Tensor, gen: torch.Generator, *, max_keep: int | None = None,
-                        keep_all_missing: int = 0) -> torch.Tensor:
-    """Per sample: k ~ U{1..min(#available − keep_all_missing, max_keep)}, then a random k-subset of
-    the available modalities (ShaSpec's random mode restricted to what the case has; LCKD passes
-    `keep_all_missing=1` so at least one available modality is always dropped when possible)."""
+                        keep_all_missing: int = 0, sampling: str = "uniform") -> torch.Tensor:
+    """Per sample a random non-empty subset of its available modalities of at most
+    min(#available − keep_all_missing, max_keep) of them, drawn as `sampling` says
+    (pipeline.training.modality_dropout.draw_subset: `uniform` over the subsets, or `by_size`,
+    ShaSpec's random mode). LCKD passes `keep_all_missing=1` so that at least one available
+    modality is always dropped when possible."""
     out = torch.zeros_like(available, dtype=torch.bool)
     for b in range(available.shape[0]):
-        avail = torch.nonzero(available[b], as_tuple=False).flatten()
-        n = int(avail.numel())
+        n = int(available[b].sum())
         if n == 0:
             continue
         hi = max(1, n - keep_all_missing)
         if max_keep is not None:
             hi = max(1, min(hi, max_keep))
-        k = 1 + int(torch.randint(hi, (), generator=gen))
-        pick = avail[torch.randperm(n, generator=gen)[:k]]
-        out[b, pick] = True
+        out[b] = torch.from_numpy(draw_subset(available[b].cpu().numpy(), gen, sampling=sampling, max_size=hi))
     return out
 
 
@@ -74,13 +76,14 @@ def dropout_active(step: int, total_steps: int, warmup_fraction: float) -> bool:
 
 
 def schedule_masks(available: torch.Tensor, step: int, total_steps: int, gen: torch.Generator, *,
-                   warmup_fraction: float, p: float, keep_all_missing: int = 0) -> torch.Tensor:
+                   warmup_fraction: float, p: float, keep_all_missing: int = 0,
+                   sampling: str = "uniform") -> torch.Tensor:
     """The training mask of a batch: the available modalities during warm-up; afterwards each
     sample is reduced to a random non-empty subset with probability `p` (the dropout "temperature")."""
     available = available.bool()
     if not dropout_active(step, total_steps, warmup_fraction) or p <= 0:
         return available
-    dropped = random_subset_masks(available, gen, keep_all_missing=keep_all_missing)
+    dropped = random_subset_masks(available, gen, keep_all_missing=keep_all_missing, sampling=sampling)
     use = torch.rand(available.shape[0], generator=gen) < p
     return torch.where(use[:, None], dropped, available)
 
