@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Benchmark (not a test): BraTS weights on every modality subset of unseen full-size cases.
+
+`segpipe synth brats --size full` (240×240×155 at 1 mm, 2023 naming) with seeds outside the
+shipped weights' training seeds; for each of the 15 non-empty subsets of {t2f, t1n, t1c, t2w}
+an input folder holding only those files (hard links) goes through `segpipe predict`'s runner
+(coarse → ROI → fine → postprocessing, in the input geometry) with the given weights. Region
+Dice (WT = labels 1-3, TC = 1+3, ET = 3; evaluation.surface.dice, 1.0 when both are empty, as
+BraTS scores it) per case and subset. Prints the 15-subset table (mean over cases), the mean
+over subsets, the single-modality rows and the monotonicity violations: every (subset S,
+modality m ∉ S) with WT(S ∪ {m}) < WT(S) − 0.02 (issue #13's bar), mean over cases.
+
+    python bench/brats_subsets.py [--weights model_weights/brats_demo] [--cases 3] [--seed 7000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TAGS = ("t2f", "t1n", "t1c", "t2w")  # segpipe's modality order: flair, t1, t1ce, t2
+REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+TOLERANCE = 0.02
+
+
+def subsets() -> list[tuple[str, ...]]:
+    return [s for k in range(1, 5) for s in itertools.combinations(TAGS, k)]
+
+
+def make_inputs(data: Path, scratch: Path) -> dict[tuple[str, ...], Path]:
+    """One input folder per subset: case folders with only that subset's files (hard links)."""
+    folders = {}
+    cases = sorted(p for p in data.iterdir() if p.is_dir())
+    for sub in subsets():
+        folder = scratch / ("inputs_" + "+".join(sub))
+        for case in cases:
+            dest = folder / case.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for tag in sub:
+                src, link = case / f"{case.name}-{tag}.nii.gz", dest / f"{case.name}-{tag}.nii.gz"
+                if not link.exists():
+                    os.link(src, link)
+        folders[sub] = folder
+    return folders
+
+
+def region_dice(gt, pred) -> dict[str, float]:
+    import numpy as np
+
+    from evaluation.surface import dice
+
+    return {r: dice(np.isin(gt, labels), np.isin(pred, labels), empty=1.0) for r, labels in REGIONS.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=str(ROOT / "model_weights" / "brats_demo"))
+    ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=7000)
+    ap.add_argument("--scratch", default="runs/brats_subsets")
+    ap.add_argument("--json", default=None, help="also write every figure here")
+    args = ap.parse_args()
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from pipeline.config import PredictSection
+    from pipeline.inference.runner import run_predict
+    from pipeline.log import setup_logging
+    from pipeline.synth import write_brats_dataset
+
+    setup_logging()
+    scratch = Path(args.scratch).resolve()
+    data = scratch / f"data_seed{args.seed}_n{args.cases}"
+    if not (data / "synth.json").is_file():
+        write_brats_dataset(data, cases=args.cases, seed=args.seed, size="full", workers=2, force=True)
+    folders = make_inputs(data, scratch)
+    weights = Path(args.weights).resolve()
+    scores: dict[tuple[str, ...], list[dict[str, float]]] = {}
+    t0 = time.perf_counter()
+    for sub, folder in folders.items():
+        out = scratch / f"pred_{weights.name}" / folder.name
+        result = run_predict(folder, out, PredictSection(weights=weights, device="cpu"))
+        if result.failed:
+            raise SystemExit(f"{'+'.join(sub)}: {result.failed}")
+        rows = []
+        for case in sorted(p.name for p in folder.iterdir()):
+            gt = sitk.GetArrayFromImage(sitk.ReadImage(str(data / case / f"{case}-seg.nii.gz")))
+            pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz")))
+            rows.append(region_dice(gt, pred))
+        scores[sub] = rows
+    wall = time.perf_counter() - t0
+    mean = {sub: {r: float(np.mean([row[r] for row in rows])) for r in REGIONS} for sub, rows in scores.items()}
+    print(f"\n# {weights} on {args.cases} unseen full-size synthetic BraTS cases (seed {args.seed}), "
+          f"region Dice, mean over cases; {wall:.0f} s for {len(folders)} subsets")
+    print("| given | WT | TC | ET |\n|---|--:|--:|--:|")
+    for sub, m in mean.items():
+        print(f"| {'+'.join(sub)} | {m['WT']:.3f} | {m['TC']:.3f} | {m['ET']:.3f} |")
+    overall = {r: float(np.mean([m[r] for m in mean.values()])) for r in REGIONS}
+    print(f"| **mean of 15** | **{overall['WT']:.3f}** | **{overall['TC']:.3f}** | **{overall['ET']:.3f}** |")
+    singles = {sub[0]: mean[sub]["WT"] for sub in mean if len(sub) == 1}
+    violations = []
+    for sub in mean:
+        for tag in TAGS:
+            if tag in sub:
+                continue
+            bigger = tuple(t for t in TAGS if t in sub or t == tag)
+            drop = mean[sub]["WT"] - mean[bigger]["WT"]
+            if drop > TOLERANCE:
+                violations.append(("+".join(sub), tag, round(drop, 3)))
+    print(f"single modality WT: {', '.join(f'{t} {v:.3f}' for t, v in singles.items())} (min {min(singles.values()):.3f})")
+    print(f"monotonicity: {len(violations)} of 32 additions lower WT by more than {TOLERANCE}: {violations}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"weights": str(weights), "cases": args.cases, "seed": args.seed,
+                                               "mean": {"+".join(k): v for k, v in mean.items()}, "overall": overall,
+                                               "single_wt": singles, "violations": violations, "wall_s": wall},
+                                              indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
