@@ -12,11 +12,9 @@ four modalities (issue #13 holds the missing-modality bars).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 
@@ -27,11 +25,6 @@ from pipeline.weights import MANIFEST
 
 ROOT = Path(__file__).resolve().parent.parent
 FLARE_W, BRATS_W = ROOT / "model_weights" / "flare_demo", ROOT / "model_weights" / "brats_demo"
-LARGE_ORGANS = {1: "liver", 2: "right_kidney", 3: "spleen", 11: "stomach", 13: "left_kidney"}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * float(np.count_nonzero(a & b)) / max(1, int(a.sum()) + int(b.sum()))
 
 
 def test_demo_weights_are_shipped_small_and_fp16():
@@ -61,24 +54,32 @@ def test_flare_demo_segments_an_unseen_full_size_oblique_ct(tmp_path):
     assert min(scores.values()) >= 0.5, scores
 
 
-@pytest.fixture(scope="module")
-def brats_case(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("brats") / "BraTS-GLI-06000-000"
-    write_brats_case(folder, 6000)  # the four modalities and -seg
-    return folder
+def test_brats_demo_on_every_modality_subset_of_a_full_size_case(tmp_path):
+    """Issue #13 on one unseen full-size case: the whole tumour from every one of the 15 modality
+    subsets, and adding a modality never costs more than a little. The issue's bars (15-subset
+    mean WT ≥ 0.85, each single modality ≥ 0.65, drops ≤ 0.02) are means over cases, measured by
+    bench/brats_subsets.py (9 cases: 0.88, 0.67-0.71, none); one case varies more (this one:
+    mean 0.79, singles 0.56-0.77, largest drop 0.022), so the bars here are looser."""
+    import itertools
 
+    from evaluation.surface import dice as region_dice
 
-@pytest.mark.parametrize("modalities", [("t2f", "t1n", "t1c", "t2w"), ("t2f", "t1c", "t2w")])
-def test_brats_demo_segments_the_whole_tumour(tmp_path, brats_case, modalities):
-    cid = brats_case.name
-    (tmp_path / "in" / cid).mkdir(parents=True)
-    for tag in modalities:
-        shutil.copy(brats_case / f"{cid}-{tag}.nii.gz", tmp_path / "in" / cid)
+    src = tmp_path / "src" / "BraTS-GLI-06000-000"
+    write_brats_case(src, 6000, size="full")
+    tags = ("t2f", "t1n", "t1c", "t2w")
+    subsets = [s for k in range(1, 5) for s in itertools.combinations(tags, k)]
+    for i, sub in enumerate(subsets, start=1):  # one case folder per subset, ids -001 … -015
+        cid = f"BraTS-GLI-06000-{i:03d}"
+        (tmp_path / "in" / cid).mkdir(parents=True)
+        for tag in sub:
+            (tmp_path / "in" / cid / f"{cid}-{tag}.nii.gz").hardlink_to(src / f"BraTS-GLI-06000-000-{tag}.nii.gz")
     result = run_predict(tmp_path / "in", tmp_path / "out", PredictSection(weights=BRATS_W, device="cpu"))
-    assert result.written == [cid]
-    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{cid}.nii.gz")))
-    gt = sitk.GetArrayFromImage(sitk.ReadImage(str(brats_case / f"{cid}-seg.nii.gz")))
-    wt = dice(pred > 0, gt > 0)
-    print("BraTS demo", modalities, "WT", round(wt, 3), "TC", round(dice(np.isin(pred, (1, 3)), np.isin(gt, (1, 3))), 3),
-          "ET", round(dice(pred == 3, gt == 3), 3))
-    assert wt >= 0.8
+    assert len(result.written) == 15
+    gt = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "BraTS-GLI-06000-000-seg.nii.gz"))) > 0
+    wt = {sub: region_dice(gt, sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"BraTS-GLI-06000-{i:03d}.nii.gz"))) > 0)
+          for i, sub in enumerate(subsets, start=1)}
+    print("BraTS demo WT", {"+".join(k): round(v, 3) for k, v in wt.items()})
+    assert np.mean(list(wt.values())) >= 0.75
+    assert min(wt[(t,)] for t in tags) >= 0.5
+    drops = [(a, b, wt[a] - wt[b]) for a in subsets for b in subsets if set(a) < set(b) and len(b) == len(a) + 1]
+    assert max(d for _, _, d in drops) <= 0.05, sorted(drops, key=lambda x: -x[2])[:3]

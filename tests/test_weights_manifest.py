@@ -103,5 +103,5 @@ def test_real_data_folder_is_named(tmp_path):
 def test_shipped_manifests_say_synthetic_with_or_without_the_field():
     flare = read_manifest(REPO / "model_weights" / "flare_demo")
     assert flare["training_data"]["synthetic"] is True and flare["training_data"]["seed"] == 1
-    brats = read_manifest(REPO / "model_weights" / "brats_demo")  # older: only the free text
-    assert "training_data" not in brats and "synthetic" in brats["trained_on"]
+    brats = read_manifest(REPO / "model_weights" / "brats_demo")
+    assert brats["training_data"]["synthetic"] is True and "synthetic" in brats["trained_on"]
