@@ -92,6 +92,10 @@ def test_dry_run_flops_match_a_real_forward_and_cli(capsys) -> None:
     assert main(["train", "coarse", "--work", "/nonexistent", "--dry-run", "--config", "flare"]) == 0
     out = capsys.readouterr().out
     assert "CoarseUNet" in out and "GFLOPs" in out and "1×1×160×160×160" in out
+    # the missing-modality networks' forward depends on the masks' values: parameters, and a line saying why no FLOPs
+    assert main(["train", "fine", "--work", "/nonexistent", "--dry-run", "--config", "brats"]) == 0
+    out = capsys.readouterr().out
+    assert "MultiEncoderNet" in out and "M parameters" in out and "FLOPs not counted" in out
 
 
 def test_export_round_trip_fp32_and_fp16(tmp_path) -> None:

@@ -66,8 +66,15 @@ def describe(spec: Any) -> list[str]:
         return lines
     model.eval()
     counter = FlopCounterMode(display=False)
-    with counter:
-        model(x, mask)
+    try:
+        with counter:
+            model(x, mask)
+    except (RuntimeError, NotImplementedError) as exc:  # data-dependent ops (the missing-modality nets' masks)
+        reason = " ".join(str(exc).split())[:80]
+        lines.append(f"{spec.name}: FLOPs not counted: its forward depends on the data, which a meta-device "
+                     f"forward does not have ({reason}…)")
+        lines.append(f"{spec.name}: model config {spec.model_config}")
+        return lines
     fwd = counter.get_total_flops()
     lines.append(f"{spec.name}: input 1×{n}×{'×'.join(map(str, size))}, forward {fwd / 1e9:.1f} GFLOPs, "
                  f"training step ≈ {3 * fwd * spec.train.batch_size / 1e9:.1f} GFLOPs per network "
