@@ -16,7 +16,6 @@ modality m ∉ S) with WT(S ∪ {m}) < WT(S) − 0.02 (issue #13's bar), mean ov
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -26,13 +25,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TAGS = ("t2f", "t1n", "t1c", "t2w")  # segpipe's modality order: flair, t1, t1ce, t2
-REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+from pipeline.tasks import BRATS_2023_TAGS, BRATS_MODALITIES, BRATS_REGIONS_2023  # noqa: E402
+
+TAGS = tuple(BRATS_2023_TAGS[m] for m in BRATS_MODALITIES)  # t2f, t1n, t1c, t2w: segpipe's modality order
+REGIONS = BRATS_REGIONS_2023
 TOLERANCE = 0.02
 
 
 def subsets() -> list[tuple[str, ...]]:
-    return [s for k in range(1, 5) for s in itertools.combinations(TAGS, k)]
+    """The 15 subsets as file tags, in fine_seg.missing.subsets.all_subsets' order."""
+    from fine_seg.missing.subsets import all_subsets
+
+    return [tuple(TAGS[i] for i in sub) for sub in all_subsets(len(TAGS))]
 
 
 def make_inputs(data: Path, scratch: Path) -> dict[tuple[str, ...], Path]:

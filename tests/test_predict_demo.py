@@ -60,14 +60,14 @@ def test_brats_demo_on_every_modality_subset_of_a_full_size_case(tmp_path):
     mean WT ≥ 0.85, each single modality ≥ 0.65, drops ≤ 0.02) are means over cases, measured by
     bench/brats_subsets.py (not met yet: 0.83 over 19 cases, small tumours fail); one case varies
     more (this one: mean 0.79, singles 0.56-0.77, largest drop 0.022), so the bars here are looser."""
-    import itertools
-
     from evaluation.surface import dice as region_dice
+    from fine_seg.missing.subsets import all_subsets
+    from pipeline.tasks import BRATS_2023_TAGS, BRATS_MODALITIES
 
     src = tmp_path / "src" / "BraTS-GLI-06000-000"
     write_brats_case(src, 6000, size="full")
-    tags = ("t2f", "t1n", "t1c", "t2w")
-    subsets = [s for k in range(1, 5) for s in itertools.combinations(tags, k)]
+    tags = tuple(BRATS_2023_TAGS[m] for m in BRATS_MODALITIES)
+    subsets = [tuple(tags[i] for i in sub) for sub in all_subsets(len(tags))]
     for i, sub in enumerate(subsets, start=1):  # one case folder per subset, ids -001 … -015
         cid = f"BraTS-GLI-06000-{i:03d}"
         (tmp_path / "in" / cid).mkdir(parents=True)

@@ -128,19 +128,19 @@ def run(args: argparse.Namespace) -> int:
             print(line)
         return 0
     ctx = init_distributed(args.device)
+    out = stage_dir(args.work, args.stage)
     try:
         if ctx.is_main:  # the settings this run trained with, resolved (config file + overrides + prepare's)
             from pipeline.config import dump_config
             from pipeline.fsutil import atomic_write_text
 
-            out = stage_dir(args.work, args.stage)
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "config.yaml", f"# resolved by `segpipe train {args.stage}`\n" + dump_config(config))
-        summary = train_stage(spec, store, config.train, stage_dir(args.work, args.stage), ctx=ctx, resume=args.resume)
+        summary = train_stage(spec, store, config.train, out, ctx=ctx, resume=args.resume)
         if ctx.is_main:
             best = summary["best_dice"]
             log.info("%s: done, best validation Dice %s at epoch %s → %s", args.stage,
-                     "n/a" if best is None else f"{best:.4f}", summary["best_epoch"], stage_dir(args.work, args.stage))
+                     "n/a" if best is None else f"{best:.4f}", summary["best_epoch"], out)
             if args.export:
                 w, j = export_stage(args.work, args.stage, args.export, fp16=args.fp16)
                 log.info("%s: exported %s and %s", args.stage, w, j)
