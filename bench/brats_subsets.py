@@ -44,7 +44,7 @@ def make_inputs(data: Path, scratch: Path) -> dict[tuple[str, ...], Path]:
     folders = {}
     cases = sorted(p for p in data.iterdir() if p.is_dir())
     for sub in subsets():
-        folder = scratch / data.name / ("inputs_" + "+".join(sub))  # per data set: case ids repeat across seeds
+        folder = scratch / f"{data.name}_runs" / ("inputs_" + "+".join(sub))  # per data set: ids repeat across seeds
         for case in cases:
             dest = folder / case.name
             dest.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def main() -> int:
     scores: dict[tuple[str, ...], list[dict[str, float]]] = {}
     t0 = time.perf_counter()
     for sub, folder in folders.items():
-        out = scratch / data.name / f"pred_{weights.parent.name}_{weights.name}" / folder.name
+        out = scratch / f"{data.name}_runs" / f"pred_{weights.parent.name}_{weights.name}" / folder.name
         result = run_predict(folder, out, PredictSection(weights=weights, device="cpu"))
         if result.failed:
             raise SystemExit(f"{'+'.join(sub)}: {result.failed}")
