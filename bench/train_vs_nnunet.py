@@ -125,6 +125,8 @@ SEMI_MODES: dict[str, list[str]] = {
     "cps_uif": ["train.cps.enabled=true", "train.cps.rampup_epochs=10", "train.uif.enabled=true",
                 "train.uif.refresh_every=5", "train.uif.start_epoch=10", "train.uif.fraction=0.5"],
 }
+# CPS+UIF with CutMix on the unlabeled patches (the CPS paper's strongest variant, train.cps.cutmix)
+SEMI_MODES["cps_uif_cutmix"] = [*SEMI_MODES["cps_uif"], "train.cps.cutmix=true"]
 COMMON_TRAIN = ["coarse.train.batch_size=2", "fine.train.batch_size=2", "train.num_threads=1", "train.workers=0",
                 "train.channels_last=true", "train.warmup_epochs=1", "train.val_every=2", "train.keep_checkpoints=1000",
                 "train.cps.enabled=false", "train.uif.enabled=false"]
@@ -469,9 +471,19 @@ def segpipe_run(args: argparse.Namespace, data: Path, out: Path, budget: int, mo
 
 
 def segpipe_semi(args: argparse.Namespace, data: Path, out: Path, budget: int) -> None:
-    """The semi-supervised row: labeled-only first (its coarse stage is then shared), CPS, CPS+UIF."""
-    labeled = segpipe_run(args, data, out, budget, "labeled")
-    for mode in args.semi_modes.split(","):
+    """The semi-supervised row: labeled-only first (its coarse stage is then shared), CPS, CPS+UIF.
+    Without `labeled` in --semi-modes this process waits for another one's labeled-only coarse
+    stage, so the modes can train side by side on two cores."""
+    modes = args.semi_modes.split(",")
+    if "labeled" in modes:
+        labeled = segpipe_run(args, data, out, budget, "labeled")
+    else:
+        labeled = out / "segpipe" / f"{args.tag or args.recipe}_labeled_{budget}"
+        print(f"waiting for the labeled-only run's coarse stage in {labeled}", flush=True)
+        while "coarse" not in (json.loads((labeled / "train_s.json").read_text())
+                               if (labeled / "train_s.json").is_file() else {}):
+            time.sleep(30)
+    for mode in modes:
         if mode != "labeled":
             segpipe_run(args, data, out, budget, mode, coarse_from=labeled)
 

@@ -233,6 +233,17 @@ class CPSSection(Section):
     enabled: bool = False
     weight: float = Field(1.0, ge=0)
     rampup_epochs: float = Field(10.0, ge=0)  # sigmoid ramp-up exp(-5(1-t)^2)
+    # CutMix on the unlabeled rows (CPS paper's strongest variant): pseudo-labels of the unmixed
+    # patches, mixed by the same box as the input the networks learn from (pipeline/training/cps.py)
+    cutmix: bool = False
+    cutmix_share: tuple[float, float] = (0.25, 0.5)  # the box's share of the patch volume, drawn uniformly
+
+    @field_validator("cutmix_share")
+    @classmethod
+    def _share(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] < 1:
+            raise ValueError(f"cutmix_share needs 0 < low <= high < 1, got {list(v)}")
+        return v
 
 
 class UIFSection(Section):
@@ -350,6 +361,8 @@ class TrainSection(Section):
     def _combinations(self) -> TrainSection:
         if self.uif.enabled and not self.cps.enabled:
             raise ValueError("uif.enabled needs cps.enabled (UIF chooses the unlabeled scans CPS learns from)")
+        if self.cps.cutmix and not self.cps.enabled:
+            raise ValueError("cps.cutmix needs cps.enabled (it mixes the unlabeled patches CPS learns from)")
         if len(self.step_milestones) != len(self.step_factors):
             raise ValueError("step_milestones and step_factors need the same length")
         if any(not 0 < m < 1 for m in self.step_milestones) or sorted(self.step_milestones) != self.step_milestones:
@@ -442,6 +455,9 @@ class SegpipeConfig(Section):
         for stage in ("coarse", "fine"):
             if single and getattr(self, stage).modality_dropout > 0:
                 raise ValueError(f"{stage}.modality_dropout needs a multi-modal task (task {self.task.name} has one input)")
+            if self.train.cps.cutmix and getattr(self, stage).train.unlabeled_batch_size < 2:
+                raise ValueError(f"train.cps.cutmix mixes pairs of unlabeled patches: {stage}.train.unlabeled_batch_size "
+                                 "must be >= 2")
         return self
 
 

@@ -118,3 +118,97 @@ def test_rank_combines_disagreement_and_instability() -> None:
     assert uif.select_count(2000, 200, 0.5) == 200
     assert uif.select_count(2000, None, 0.1) == 200
     assert uif.select_count(3, None, 0.01) == 1 and uif.select_count(0, None, 0.5) == 0
+
+
+def test_cutmix_boxes_have_the_drawn_share_and_stay_inside() -> None:
+    from pipeline.training.cps import cutmix_boxes
+
+    gen = torch.Generator().manual_seed(3)
+    shape = (64, 20, 30, 40)
+    boxes = cutmix_boxes(shape, (0.25, 0.5), gen)
+    assert boxes.shape == shape and boxes.dtype == torch.bool
+    shares = boxes.flatten(1).float().mean(1)
+    assert shares.min() > 0.2 and shares.max() < 0.56  # rounding of each side moves the share a little
+    assert shares.std() > 0.03  # drawn per row, not one box for all
+    for box in boxes:  # one solid box: its bounding box is all set
+        idx = box.nonzero()
+        lo, hi = idx.min(0).values, idx.max(0).values + 1
+        assert int((hi - lo).prod()) == int(box.sum())
+
+
+def test_cutmix_rows_take_the_next_rows_content_inside_the_box() -> None:
+    from pipeline.training.cps import cutmix_rows
+
+    x = torch.arange(3.0).reshape(3, 1, 1, 1, 1).expand(3, 2, 4, 5, 6).clone()  # row r holds value r
+    lab = torch.arange(3).reshape(3, 1, 1, 1).expand(3, 4, 5, 6).to(torch.uint8).clone()
+    boxes = torch.zeros(3, 4, 5, 6, dtype=torch.bool)
+    boxes[0, :2, :3, :4] = True
+    boxes[2, 1:, 2:, 3:] = True
+    mx, (ml,) = cutmix_rows(x, [lab], boxes)
+    for r in range(3):
+        inside = boxes[r]
+        assert (mx[r][:, inside] == (r + 1) % 3).all() and (mx[r][:, ~inside] == r).all()
+        assert (ml[r][inside] == (r + 1) % 3).all() and (ml[r][~inside] == r).all()
+
+
+class PointwiseNet(torch.nn.Module):
+    """A voxel-wise 'network' (1×1×1 convolution): its labels of a mixed patch are the mixed labels
+    of the unmixed patches, so CutMix-CPS between two copies of it has nothing left to teach."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 3, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([0.0, 4000.0, -4000.0]).reshape(3, 1, 1, 1, 1))
+            self.conv.bias.copy_(torch.tensor([0.0, -2000.0, -2000.0]))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class BlurNet(PointwiseNet):
+    """The same classifier after a 5³ box blur: its labels near a box edge depend on both rows."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.avg_pool3d(x, 5, stride=1, padding=2, count_include_pad=False))
+
+
+def _cutmix_cps_term(net: torch.nn.Module) -> float:
+    from types import SimpleNamespace
+
+    from pipeline.config import CPSSection
+    from pipeline.training.amp import AmpPolicy
+    from pipeline.training.cps import CPSStep
+    from pipeline.training.step import Batch, StepAt
+    from pipeline.training.trainer import ModelPair
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(5, 1, 10, 12, 12, generator=g)
+    x = F.avg_pool3d(noise, 3, stride=1, padding=1) * 4  # blobs around ±1, not salt and pepper
+    lab = ((x > 0.5).long() + 2 * (x < -0.5).long())
+    step = CPSStep("dice_ce", CPSSection(enabled=True, cutmix=True, rampup_epochs=0), SimpleNamespace(enabled=False))
+    batch = Batch(x, torch.ones(5, 1, dtype=torch.bool), lab[:2, 0].to(torch.uint8), ["a", "b"])
+    out = step.loss(ModelPair([net, net]), batch, StepAt(0, 0, 0, 1, 1), AmpPolicy("cpu", None, None))
+    return out.parts["cps"]
+
+
+def test_cutmix_cps_mixes_pseudo_labels_with_the_input_box() -> None:
+    pointwise, blurred = _cutmix_cps_term(PointwiseNet()), _cutmix_cps_term(BlurNet())
+    assert pointwise < 0.05  # box and roll direction of labels and input agree
+    assert blurred > pointwise + 0.05  # a context-using network is taught something at the box edges
+
+
+def test_cutmix_needs_pairs_of_unlabeled_patches() -> None:
+    from pydantic import ValidationError
+
+    from pipeline.config import SegpipeConfig
+
+    def config(cps: bool, unlabeled: int) -> SegpipeConfig:
+        return SegpipeConfig.model_validate({"train": {"cps": {"enabled": cps, "cutmix": True}},
+                                             "fine": {"train": {"unlabeled_batch_size": unlabeled}}})
+
+    assert config(True, 2).train.cps.cutmix
+    with pytest.raises(ValidationError, match=r"fine\.train\.unlabeled_batch_size must be >= 2"):
+        config(True, 1)
+    with pytest.raises(ValidationError, match=r"cutmix needs cps\.enabled"):
+        config(False, 2)

@@ -19,7 +19,7 @@ SCRIPT = HERE / "train_helpers.py"
 
 def _run(out: Path, *extra: str, wait: bool = True) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "SEGPIPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--cps", "--epochs", "3", *extra], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--cps", "--cutmix", "--epochs", "3", *extra], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if wait:
         stdout, _ = proc.communicate(timeout=300)
@@ -53,5 +53,5 @@ def test_kill_and_resume_is_bit_exact(tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     mismatched = [k for k in a if not (a[k] == b[k]).all()]
     assert not mismatched, f"{len(mismatched)} tensors differ after resume, e.g. {mismatched[:3]}"
-    # CPS + UIF state came through the checkpoint too
+    # CPS (CutMix boxes seeded by the global step) + UIF state came through the checkpoint too
     assert (killed / "uif" / "ranking.json").read_text() == (full / "uif" / "ranking.json").read_text()

@@ -50,19 +50,19 @@ def make_source(n_train: int = 4, n_val: int = 2, n_unl: int = 3, seed: int = 0)
     return MemorySource(samples, splits)
 
 
-def make_config(epochs: int = 3, cps: bool = False, uif: bool = False, **train):
+def make_config(epochs: int = 3, cps: bool = False, uif: bool = False, cutmix: bool = False, **train):
     from pipeline.config import SegpipeConfig
 
     return SegpipeConfig.model_validate({
         "prepare": {"coarse_size": list(SIZE), "fine_size": list(SIZE)},
         "coarse": {"model": {"channels": [4, 8, 16]},
-                   "train": {"epochs": epochs, "batch_size": 2, "unlabeled_batch_size": 1, "lr": 3e-3,
+                   "train": {"epochs": epochs, "batch_size": 2, "unlabeled_batch_size": 2 if cutmix else 1, "lr": 3e-3,
                              "iters_per_epoch": 2, "patch_size": [8, 12, 12]}},
         "fine": {"model": {"channels": [4, 8, 16], "blocks": 1},
                  "train": {"epochs": epochs, "batch_size": 1, "lr": 3e-3, "iters_per_epoch": 2}},
         "train": {"num_threads": 1, "deterministic": True, "warmup_epochs": 0.5,
                   "augment": {"rotate_p": 0.5, "scale_p": 0.5, "flip_axes": [0]},
-                  "cps": {"enabled": cps, "rampup_epochs": 1}, "uif": {"enabled": uif, "refresh_every": 1}, **train},
+                  "cps": {"enabled": cps, "rampup_epochs": 1, "cutmix": cutmix}, "uif": {"enabled": uif, "refresh_every": 1}, **train},
     })
 
 
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--cps", action="store_true")
+    ap.add_argument("--cutmix", action="store_true", help="with --cps: CutMix on the unlabeled rows")
     ap.add_argument("--sleep-after-epoch", type=int, default=0)
     ap.add_argument("--ddp", action="store_true", help="under torchrun: dump each rank's weights and cases")
     args = ap.parse_args(argv)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from pipeline.training.trainer import train_stage
 
-    config = make_config(args.epochs, cps=args.cps, uif=args.cps)
+    config = make_config(args.epochs, cps=args.cps, uif=args.cps, cutmix=args.cutmix)
 
     def hook(event: str, info: dict) -> None:
         if event == "epoch_end" and info["epoch"] == args.sleep_after_epoch:
