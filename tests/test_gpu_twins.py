@@ -5,7 +5,7 @@ code, so every path that has a CPU twin runs here through the project's own code
   trainer (`train_stage`, with its checkpoint/resume of the scaler) and the inference engine;
 - channels-last 3D (`train.channels_last`), in the same trainer runs;
 - `torch.compile` of the coarse and the fine network (inductor on the CPU): minutes of C++
-  compilation, so only with SEGPIPE_TEST_COMPILE=1;
+  compilation, so only with SEGPIPE_TEST_COMPILE=1 (.ci/run sets it after `make test`);
 - DDP with gloo: tests/test_train_ddp.py (two torchrun ranks stay bit-identical).
 
 Only the *decision* is replaced: on a CPU the project picks fp32 (autocast slows 3D convolutions
@@ -221,7 +221,8 @@ def test_engine_predicts_under_autocast_like_fp32(mode, flare_case, monkeypatch,
 
 # torch.compile (inductor on the CPU) -------------------------------------------------------------
 # Inductor compiles C++ kernels with the system compiler: ~7 minutes for the tiny coarse network
-# alone on 2 busy cores, far beyond `make test`'s budget, so this runs only when asked for.
+# alone on 2 busy cores, beyond what `make test` should cost, so it runs only when asked for:
+# .ci/run asks, in its own section after `make test`.
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(os.environ.get("SEGPIPE_TEST_COMPILE") != "1",

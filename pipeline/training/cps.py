@@ -101,7 +101,7 @@ class CPSStep:
         return self.uif_cfg.enabled and bool(run.unlabeled_ids)
 
     def describe(self, run: RunContext) -> str:
-        return "CPS+UIF" if self.uses_uif(run) else "CPS"
+        return ("CPS+UIF" if self.uses_uif(run) else "CPS") + ("+CutMix" if self.cfg.cutmix else "")
 
     def restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor] | None, nets: list[nn.Module]) -> None:
         self.uif = state.get("uif") or uif.new_state()
