@@ -31,5 +31,10 @@ def stage_spec(config: Any, task: TaskSpec) -> Any:
         loader = with_modality_dropout(None, "coarse", config.coarse.modality_dropout, config.train.modality_subsets)
         info["modality_dropout"] = config.coarse.modality_dropout
         info["modality_subsets"] = config.train.modality_subsets
+    scorer = None
+    if config.coarse.modality_dropout > 0:
+        from pipeline.training.subset_validate import subset_selection
+
+        scorer = subset_selection(task, info)
     return StageSpec(name="coarse", model_config=model_config(config, task), train=st, num_classes=task.num_classes,
-                     sample_stage="coarse", loader=loader, info=info)
+                     sample_stage="coarse", loader=loader, scorer=scorer, info=info)

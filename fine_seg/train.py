@@ -52,11 +52,10 @@ def stage_spec(config: Any, task: TaskSpec, source: Any = None) -> Any:
     scorer = None
     if getattr(config.fine.missing, "dropout", "none") != "none":  # ShaSpec / LCKD random subsets
         info["modality_subsets"] = config.train.modality_subsets
-    if method is not None:  # model selection as the papers report: the mean over the modality subsets
-        from fine_seg.missing.validate import subset_scorer
+    if method is not None or config.fine.modality_dropout > 0:
+        from pipeline.training.subset_validate import subset_selection
 
-        scorer = subset_scorer(task.modalities)
-        info["model_selection"] = "mean validation Dice over regions and the 15 modality subsets"
+        scorer = subset_selection(task, info)
     return StageSpec(name="fine", model_config=model_config(config, task), train=st, num_classes=task.num_classes,
                      sample_stage="fine", loader=loader, method=method, scorer=scorer, info=info)
 

@@ -186,6 +186,31 @@ def test_trainer_runs_each_method_and_keeps_its_state(method: str, tmp_path) -> 
     assert best["val_dice"] == pytest.approx(_subset_mean(model, source), abs=1e-9)
 
 
+@pytest.mark.parametrize("stage", ["coarse", "fine"])
+def test_modality_dropout_stages_select_by_the_subset_mean(stage: str, tmp_path) -> None:
+    """The plain coarse/fine network trained on random modality subsets keeps the checkpoint that
+    is best over the 15 subsets (what a localiser/segmenter must work on), not on all four."""
+    import importlib
+
+    from pipeline.training.export import export_stage, load_stage
+    from pipeline.training.trainer import train_stage
+
+    size = [10, 10, 10]
+    cfg = SegpipeConfig.model_validate({
+        "task": {"name": "brats"}, "prepare": {"coarse_size": size, "fine_size": size},
+        stage: {"model": {"channels": [4, 8, 8], "blocks": 1}, "modality_dropout": 1.0,
+                "train": {"epochs": 2, "iters_per_epoch": 2, "batch_size": 2}},
+        "train": {"augment": {"enabled": False}, "num_threads": 1, "warmup_epochs": 0},
+    })
+    spec = importlib.import_module(f"{stage}_seg.train").stage_spec(cfg, get_task("brats"))
+    assert spec.scorer is not None and "15 modality subsets" in spec.info["model_selection"]
+    source = _source()
+    train_stage(spec, source, cfg.train, tmp_path / "train" / stage)
+    model, _ = load_stage(export_stage(tmp_path, stage, tmp_path / "weights")[0])
+    best = json.loads((tmp_path / "train" / stage / "best.json").read_text())
+    assert best["val_dice"] == pytest.approx(_subset_mean(model, source), abs=1e-9)
+
+
 def _subset_mean(model, source) -> float:
     """Mean over ET/TC/WT of `evaluation.subsets`' mean over the 15 subsets, run here on the model."""
     from evaluation.subsets import SubsetCase, evaluate_subsets

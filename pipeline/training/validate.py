@@ -3,7 +3,7 @@
 A `Scorer` turns the networks into one number each (higher is better). The default is the mean
 over validation cases of the mean Dice over the classes in the ground truth or the prediction;
 a stage can bring its own (the missing-modality methods score the mean over the 15 modality
-subsets, `fine_seg.missing.validate`). `validate_epoch` records the scores and writes
+subsets, `pipeline.training.subset_validate`). `validate_epoch` records the scores and writes
 `best.safetensors` when the best network improves on the best so far.
 """
 

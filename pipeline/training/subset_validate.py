@@ -1,6 +1,7 @@
-"""Model selection of the missing-modality methods: the validation Dice per region (ET/TC/WT),
-averaged over the cases of each non-empty modality subset and then over the subsets, as the
-papers report (evaluation/subsets.py) — not the all-modality Dice the engine uses by default.
+"""Model selection of a stage that must work on any modality subset (a missing-modality method,
+or the plain coarse/fine network trained with `modality_dropout`): the validation Dice per region
+(ET/TC/WT), averaged over the cases of each non-empty modality subset and then over the subsets,
+as the papers report (evaluation/subsets.py) — not the all-modality Dice the engine uses by default.
 
 A validation case enters a subset only if it has the subset's modalities, and is run with
 exactly those (the others masked). Dice only (no HD95), sharded over the training processes.
@@ -51,6 +52,15 @@ def mean_over_subsets(parts: list[dict[str, Any]]) -> float:
             rows[name]["cases"].update(row["cases"])
     dice = [v["dice"] for v in summarise(rows).values() if v["dice"] is not None]
     return float(np.mean(dice)) if dice else float("nan")
+
+
+def subset_selection(task: Any, info: dict[str, Any]) -> Scorer:
+    """The scorer of a stage that learns to work on any modality subset (a missing-modality method,
+    or `modality_dropout` of the plain coarse/fine network): the checkpoint that is best on the mean
+    over the subsets, as the papers report, not on all modalities (which it rarely gets alone).
+    Records the rule in the stage's `info`."""
+    info["model_selection"] = f"mean validation Dice over regions and the {2 ** len(task.modalities) - 1} modality subsets"
+    return subset_scorer(task.modalities)
 
 
 def subset_scorer(names: Sequence[str]) -> Scorer:
