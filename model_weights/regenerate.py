@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=["flare", "brats"])
     parser.add_argument("--work", default=None, help="scratch folder (default runs/demo_weights/<task>)")
-    parser.add_argument("--cases", type=int, default=None, help="synthetic training cases (flare 18, brats 32)")
+    parser.add_argument("--cases", type=int, default=None, help="synthetic training cases (flare 18, brats 64)")
     parser.add_argument("--dest", default=None, help="output folder (default model_weights/<task>_demo)")
     parser.add_argument("--stages", default="synth,prepare,coarse,fine,package")
     args = parser.parse_args(argv)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_path = ROOT / "model_weights" / "demo" / f"{args.task}.yaml"
     config = load_config(cfg_path)
     stages = set(args.stages.split(","))
-    n = args.cases or (18 if args.task == "flare" else 32)
+    n = args.cases or (18 if args.task == "flare" else 64)
     t0 = time.perf_counter()
     training_data: dict[str, object] = {"synthetic": True, "generator": "segpipe synth", "kind": args.task, "cases": n,
                                         "size": "small"}
