@@ -11,6 +11,7 @@ over subsets, the single-modality rows and the monotonicity violations: every (s
 modality m ∉ S) with WT(S ∪ {m}) < WT(S) − 0.02 (issue #13's bar), mean over cases.
 
     python bench/brats_subsets.py [--weights model_weights/brats_demo] [--cases 3] [--seed 7000]
+    python bench/brats_subsets.py --sets 7000:3,8000:6,5:4,77:2,0:4   # issue #13's 19 cases, pooled
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def main() -> int:
     ap.add_argument("--weights", default=str(ROOT / "model_weights" / "brats_demo"))
     ap.add_argument("--cases", type=int, default=3)
     ap.add_argument("--seed", type=int, default=7000)
+    ap.add_argument("--sets", default=None, help="SEED:CASES,... several synthetic sets, cases pooled (overrides "
+                                                 "--seed/--cases)")
     ap.add_argument("--scratch", default="runs/brats_subsets")
     ap.add_argument("--json", default=None, help="also write every figure here")
     args = ap.parse_args()
@@ -83,28 +86,33 @@ def main() -> int:
 
     setup_logging()
     scratch = Path(args.scratch).resolve()
-    data = scratch / f"data_seed{args.seed}_n{args.cases}"
-    if not (data / "synth.json").is_file():
-        write_brats_dataset(data, cases=args.cases, seed=args.seed, size="full", workers=2, force=True)
-    folders = make_inputs(data, scratch)
+    sets = [tuple(int(v) for v in item.split(":")) for item in args.sets.split(",")] if args.sets else \
+        [(args.seed, args.cases)]
     weights = Path(args.weights).resolve()
-    scores: dict[tuple[str, ...], list[dict[str, float]]] = {}
+    scores: dict[tuple[str, ...], list[dict[str, float]]] = {sub: [] for sub in subsets()}
+    per_case: list[dict] = []
     t0 = time.perf_counter()
-    for sub, folder in folders.items():
-        out = scratch / f"{data.name}_runs" / f"pred_{weights.parent.name}_{weights.name}" / folder.name
-        result = run_predict(folder, out, PredictSection(weights=weights, device="cpu"))
-        if result.failed:
-            raise SystemExit(f"{'+'.join(sub)}: {result.failed}")
-        rows = []
-        for case in sorted(p.name for p in folder.iterdir()):
-            gt = sitk.GetArrayFromImage(sitk.ReadImage(str(data / case / f"{case}-seg.nii.gz")))
-            pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz")))
-            rows.append(region_dice(gt, pred))
-        scores[sub] = rows
+    for seed, cases in sets:
+        data = scratch / f"data_seed{seed}_n{cases}"
+        if not (data / "synth.json").is_file():
+            write_brats_dataset(data, cases=cases, seed=seed, size="full", workers=2, force=True)
+        for sub, folder in make_inputs(data, scratch).items():
+            out = scratch / f"{data.name}_runs" / f"pred_{weights.parent.name}_{weights.name}" / folder.name
+            result = run_predict(folder, out, PredictSection(weights=weights, device="cpu"))
+            if result.failed:
+                raise SystemExit(f"{'+'.join(sub)}: {result.failed}")
+            for case in sorted(p.name for p in folder.iterdir()):
+                gt = sitk.GetArrayFromImage(sitk.ReadImage(str(data / case / f"{case}-seg.nii.gz")))
+                pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz")))
+                row = region_dice(gt, pred)
+                scores[sub].append(row)
+                per_case.append({"seed": seed, "case": case, "given": "+".join(sub), **row})
     wall = time.perf_counter() - t0
+    n_cases = sum(c for _, c in sets)
     mean = {sub: {r: float(np.mean([row[r] for row in rows])) for r in REGIONS} for sub, rows in scores.items()}
-    print(f"\n# {weights} on {args.cases} unseen full-size synthetic BraTS cases (seed {args.seed}), "
-          f"region Dice, mean over cases; {wall:.0f} s for {len(folders)} subsets")
+    print(f"\n# {weights} on {n_cases} unseen full-size synthetic BraTS cases "
+          f"(seed:cases {','.join(f'{s}:{c}' for s, c in sets)}), region Dice, mean over cases; "
+          f"{wall:.0f} s for {len(scores)} subsets")
     print("| given | WT | TC | ET |\n|---|--:|--:|--:|")
     for sub, m in mean.items():
         print(f"| {'+'.join(sub)} | {m['WT']:.3f} | {m['TC']:.3f} | {m['ET']:.3f} |")
@@ -123,10 +131,10 @@ def main() -> int:
     print(f"single modality WT: {', '.join(f'{t} {v:.3f}' for t, v in singles.items())} (min {min(singles.values()):.3f})")
     print(f"monotonicity: {len(violations)} of 32 additions lower WT by more than {TOLERANCE}: {violations}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"weights": str(weights), "cases": args.cases, "seed": args.seed,
+        Path(args.json).write_text(json.dumps({"weights": str(weights), "sets": sets, "cases": n_cases,
                                                "mean": {"+".join(k): v for k, v in mean.items()}, "overall": overall,
-                                               "single_wt": singles, "violations": violations, "wall_s": wall},
-                                              indent=1))
+                                               "single_wt": singles, "violations": violations, "wall_s": wall,
+                                               "per_case": per_case}, indent=1))
     return 0
 
 

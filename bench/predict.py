@@ -4,6 +4,7 @@
                                       [--device cpu] [--threads N]
     .venv/bin/python bench/predict.py --full-size          # + the networks configs/flare.yaml configures
     .venv/bin/python bench/predict.py --config C.yaml [--configured-weights DIR]
+    .venv/bin/python bench/predict.py --amp fp32,bf16      # each precision; agreement with the first
 
 The case is a FLARE-like CT resampled to 512×512×100 voxels at 0.8×0.8×2.5 mm (what nnU-Net
 v2 3d_fullres needed 541 s for on a 2-core machine). Each run is a fresh process, as FLARE
@@ -135,12 +136,12 @@ def configured_weights(config_path: str, dest: Path) -> Path:
 
 
 def measure(weights: str, case: Path, scratch: Path, args: argparse.Namespace, env: dict[str, str],
-            floor_src: str) -> dict:
+            floor_src: str, amp: str = "auto") -> dict:
     """`args.runs` fresh predict processes (each beside a fresh floor process): medians."""
     py = sys.executable
-    out = scratch / f"outputs-{Path(weights).name}"
+    out = scratch / f"outputs-{Path(weights).name}-{amp}"
     cmd = [py, "-m", "pipeline", "predict", "-i", str(case.parent), "-o", str(out), "--weights", weights,
-           "--device", args.device]
+           "--device", args.device, "--set", f"predict.amp={amp}"]
     if args.threads:
         cmd += ["--set", f"predict.num_threads={args.threads}"]
     floor, runs, splits = [], [], []
@@ -156,6 +157,7 @@ def measure(weights: str, case: Path, scratch: Path, args: argparse.Namespace, e
         "floor_s": statistics.median(r[0] for r in floor), "floor_peak_rss_mb": statistics.median(r[1] for r in floor),
         "stages_s": stages, "runs": [r[:3] for r in runs], "floor": [r[:3] for r in floor],
         "dice_fg": _dice(out / "bench.nii.gz", scratch / "bench_label.nii.gz") if not args.case else float("nan"), "ok": all(r[2] == 0 for r in runs),
+        "output": str(out / "bench.nii.gz"),
     }
 
 
@@ -171,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="also time the networks this config trains")
     parser.add_argument("--full-size", action="store_true", help="--config configs/flare.yaml")
     parser.add_argument("--case", default=None, help="time this CT (*_0000.nii.gz) instead of the synthetic full-size one")
+    parser.add_argument("--amp", default="auto",
+                        help="predict.amp values to time, comma-separated (e.g. fp32,bf16); each later one is "
+                             "compared with the first, per organ, on the same weights")
     parser.add_argument("--configured-weights", default=None,
                         help="trained weights of --config (default: its networks, randomly initialised)")
     args = parser.parse_args(argv)
@@ -199,19 +204,42 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = {**os.environ, "SEGPIPE_PROGRESS": "0", "PYTHONPATH": str(ROOT)}
     floor_src = FLOOR.format(cuda="torch.cuda.init(); torch.zeros(1, device='cuda')" if args.device == "cuda" else "")
-    figures = {name: measure(w, case, scratch, args, env, floor_src) for name, w in weights.items()}
+    amps = args.amp.split(",")
+    figures = {f"{name} {amp}" if len(amps) > 1 else name: measure(w, case, scratch, args, env, floor_src, amp)
+               for name, w in weights.items() for amp in amps}
+    agreement = {}
+    for name in weights:
+        for amp in amps[1:]:
+            a, b = figures[f"{name} {amps[0]}"]["output"], figures[f"{name} {amp}"]["output"]
+            agreement[f"{name} {amp} vs {amps[0]}"] = _organ_dice(Path(a), Path(b))
     load = os.getloadavg()[0]
     for name, med in figures.items():
         split = ", ".join(f"{k} {v:.2f}" for k, v in med["stages_s"].items()) or "n/a"
-        print(f"{name} ({Path(weights[name]).name}), median of {args.runs}: predict {med['predict_s']:.2f} s / "
+        print(f"{name} ({Path(weights[name.split()[0]]).name}), median of {args.runs}: predict {med['predict_s']:.2f} s / "
               f"{med['predict_peak_rss_mb']:.0f} MB peak RSS (stages: {split}); floor {med['floor_s']:.2f} s / "
               f"{med['floor_peak_rss_mb']:.0f} MB; predict − floor {med['predict_s'] - med['floor_s']:.2f} s "
               f"(goal ≤ 15 s, ≤ 3072 MB; nnU-Net 3d_fullres: 541 s); foreground Dice {med['dice_fg']:.3f}")
+    for pair, organs in agreement.items():
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in organs.items())
+        print(f"agreement {pair}: per-organ Dice min {min(organs.values(), default=float('nan')):.4f} ({shown})")
     print(f"machine: {os.cpu_count()} CPUs, affinity {args.cores or 'all'}, load average {load:.1f}")
     if args.json:
-        shipped = figures["shipped"]
-        Path(args.json).write_text(json.dumps({**shipped, "load": load, "configured": figures.get("configured")}, indent=1))
+        shipped = figures[next(iter(figures))]
+        Path(args.json).write_text(json.dumps({**shipped, "load": load, "all": figures, "agreement": agreement},
+                                              indent=1))
     return 0 if all(f["ok"] for f in figures.values()) else 1
+
+
+def _organ_dice(a_path: Path, b_path: Path) -> dict[str, float]:
+    """Dice per label between two label maps (labels present in either), via evaluation.surface."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from evaluation.surface import dice
+
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(a_path)))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(b_path)))
+    return {str(k): float(dice(a == k, b == k)) for k in sorted(set(np.unique(a)) | set(np.unique(b))) if k}
 
 
 def _dice(pred_path: Path, gt_path: Path) -> float:
