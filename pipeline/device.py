@@ -3,7 +3,8 @@
 Device: CUDA when asked for, or with "auto" when one is present (rank-local under torchrun);
 else the CPU. AMP: bf16 on GPUs that support it, fp16 on older GPUs (training adds a
 GradScaler, pipeline.training.amp), fp32 without autocast on the CPU, where autocast would
-only slow 3D convolutions down. torch.amp only, never apex.
+only slow 3D convolutions down unless the CPU has native bf16 (then `predict.amp: bf16` is
+honoured at inference). torch.amp only, never apex.
 """
 
 from __future__ import annotations
@@ -28,11 +29,24 @@ def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for `mode` on `device`; None = fp32, autocast off (always on the CPU)."""
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX), not by emulation."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_dtype(device: torch.device, mode: str = "auto", *, inference: bool = False) -> torch.dtype | None:
+    """The autocast dtype for `mode` on `device`; None = fp32, autocast off. On the CPU always
+    None, except an explicit `bf16` at inference on a CPU with native bf16 (the speed lever
+    `bench/predict.py --amp fp32,bf16` measures; training on the CPU stays fp32: oneDNN's bf16
+    conv3d backward was not reproducible here, see tests/test_gpu_twins.py)."""
     if mode not in AMP_MODES:
         raise ValueError(f"amp={mode!r}: choose one of {', '.join(AMP_MODES)}")
-    if device.type != "cuda" or mode == "fp32":
+    if device.type != "cuda":
+        return torch.bfloat16 if inference and mode == "bf16" and cpu_has_native_bf16() else None
+    if mode == "fp32":
         return None
     if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16

@@ -60,7 +60,9 @@ def test_amp_on_an_older_gpu_is_fp16_with_a_grad_scaler(fake_cuda):
 def test_amp_on_the_cpu_is_fp32_without_autocast(fake_cuda):
     cpu = torch.device("cpu")
     for mode in ("auto", "fp32", "bf16", "fp16"):
-        assert amp_dtype(cpu, mode) is None  # inference: a GPU config still runs on a CPU
+        assert amp_dtype(cpu, mode) is None  # training, and inference unless bf16 is asked for
+    for mode in ("auto", "fp32", "fp16"):
+        assert amp_dtype(cpu, mode, inference=True) is None  # a GPU config still runs on a CPU
     policy = amp_policy(cpu, "auto")
     assert policy.name == "fp32" and policy.scaler is None
     with pytest.raises(ValueError, match="needs a CUDA device"):  # training: asked for, refused
@@ -83,4 +85,20 @@ def test_the_predictor_takes_its_dtype_from_the_same_decision(fake_cuda, tmp_pat
     assert Predictor(weights, cuda, PredictSection(amp="auto")).amp_dtype == torch.bfloat16
     fake_cuda(False)
     assert Predictor(weights, cuda, PredictSection(amp="auto")).amp_dtype == torch.float16
-    assert Predictor(weights, torch.device("cpu"), PredictSection(amp="bf16")).amp_dtype is None
+    from pipeline.device import cpu_has_native_bf16
+
+    cpu = torch.device("cpu")
+    assert Predictor(weights, cpu, PredictSection(amp="auto")).amp_dtype is None
+    assert Predictor(weights, cpu, PredictSection(amp="bf16")).amp_dtype == (
+        torch.bfloat16 if cpu_has_native_bf16() else None)
+
+
+def test_explicit_bf16_inference_on_a_cpu_with_native_bf16(monkeypatch):
+    import pipeline.device as device
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert amp_dtype(cpu, "bf16", inference=True) == torch.bfloat16
+    assert amp_dtype(cpu, "auto", inference=True) is None  # only when asked for
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert amp_dtype(cpu, "bf16", inference=True) is None  # emulated bf16 would only be slower

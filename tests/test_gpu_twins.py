@@ -219,6 +219,35 @@ def test_engine_predicts_under_autocast_like_fp32(mode, flare_case, monkeypatch,
     assert np.mean(got[organs] == reference[organs]) > 0.95  # half precision changes only boundary voxels
 
 
+@pytest.mark.skipif(not __import__("pipeline.device", fromlist=["x"]).cpu_has_native_bf16(),
+                    reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+def test_engine_bf16_on_a_cpu_with_native_bf16_agrees_with_fp32(flare_case, one_torch_thread):
+    """Not a twin: `predict.amp: bf16` on such a CPU really runs bf16 (issue #16's lever), through
+    torch's conv3d (the fp32 oneDNN routing steps aside under autocast), organ by organ like fp32."""
+    from evaluation.surface import dice
+    from pipeline.config import PredictSection
+    from pipeline.inference import engine
+    from pipeline.inference.modes import InferenceCase
+    from pipeline.weights import load_weights
+
+    root, image = flare_case
+    case = InferenceCase("bf16", {"ct": image}, root / "out_cpu_bf16.nii.gz")
+    demo = ROOT / "model_weights" / "flare_demo"
+    reference = engine.Predictor(load_weights(demo), torch.device("cpu"), PredictSection()).predict(case).labels
+    weights = load_weights(demo)
+    seen, handles = conv_dtypes(weights.stages["fine"].model)
+    predictor = engine.Predictor(weights, torch.device("cpu"), PredictSection(amp="bf16"))
+    assert predictor.amp_dtype == torch.bfloat16
+    got = predictor.predict(case).labels
+    for h in handles:
+        h.remove()
+    assert set(seen) == {torch.bfloat16}
+    organs = [k for k in np.unique(reference) if k]
+    assert len(organs) == 13
+    per_organ = {int(k): dice(reference == k, got == k) for k in organs}
+    assert min(per_organ.values()) >= 0.97, per_organ
+
+
 # torch.compile (inductor on the CPU) -------------------------------------------------------------
 # Inductor compiles C++ kernels with the system compiler: ~7 minutes for the tiny coarse network
 # alone on 2 busy cores, beyond what `make test` should cost, so it runs only when asked for:

@@ -16,7 +16,8 @@ from torch import nn
 
 
 def _forward(self: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")):  # under bf16 autocast torch's conv3d runs oneDNN bf16
         return torch.mkldnn_convolution(x.contiguous(), self.weight, self.bias, self.padding, self.stride,
                                         self.dilation, self.groups)
     return nn.Conv3d.forward(self, x)

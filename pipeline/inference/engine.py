@@ -78,7 +78,7 @@ class Predictor:
         self.task = get_task(weights.task)
         self.prep = PrepareSection.model_validate(weights.preprocessing)
         self.post = plan_for(self.task.name, settings.postprocess, weights.manifest)
-        self.amp_dtype = amp_dtype(device, settings.amp)  # None on the CPU, whatever was asked for
+        self.amp_dtype = amp_dtype(device, settings.amp, inference=True)  # CPU: fp32 unless bf16 asked and native
         self.mirror_axes = tuple(int(a) for a in settings.mirror_axes) if settings.tta else ()
         # None: the task section's default, as a config without task.label_convention gets
         self.label_convention = settings.label_convention or TaskSection.model_fields["label_convention"].default
