@@ -249,22 +249,21 @@ def test_engine_bf16_on_a_cpu_with_native_bf16_agrees_with_fp32(flare_case, one_
 
 
 # torch.compile (inductor on the CPU) -------------------------------------------------------------
-# Inductor compiles C++ kernels with the system compiler: ~7 minutes for the tiny coarse network
-# alone on 2 busy cores, beyond what `make test` should cost, so it runs only when asked for:
-# .ci/run asks, in its own section after `make test`.
+# Inductor compiles C++ kernels with the system compiler: 57 s on one core with inductor's cache
+# warm, ~7 minutes cold on 2 busy cores, beyond what `make test` should cost, so it runs only when
+# asked for: .ci/run asks, in its own section after `make test` (it had broken unnoticed before).
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(os.environ.get("SEGPIPE_TEST_COMPILE") != "1",
                     reason="torch.compile on the CPU takes minutes: set SEGPIPE_TEST_COMPILE=1")
 def test_compiled_networks_match_eager_and_train(tmp_path, one_torch_thread):
-    from coarse_seg.model import build_model as build_coarse
-    from fine_seg.model import build_model as build_fine
+    from pipeline.training.export import build_stage_model
 
     torch._dynamo.reset()
     x = torch.randn(1, 1, *SIZES["fp16"])
-    for build, cfg in ((build_coarse, {"channels": [4, 8, 16]}), (build_fine, {"channels": [4, 8, 16], "blocks": 1})):
+    for stage, cfg in (("coarse", {"channels": [4, 8, 16]}), ("fine", {"channels": [4, 8, 16], "blocks": 1})):
         torch.manual_seed(0)
-        net = build({"in_channels": 1, "num_classes": 3, **cfg}).eval()
+        net = build_stage_model(stage, {"in_channels": 1, "num_classes": 3, **cfg}).eval()
         with torch.no_grad():
             eager = net(x)
             compiled = torch.compile(net)(x)
