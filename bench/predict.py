@@ -5,6 +5,7 @@
     .venv/bin/python bench/predict.py --full-size          # + the networks configs/flare.yaml configures
     .venv/bin/python bench/predict.py --config C.yaml [--configured-weights DIR]
     .venv/bin/python bench/predict.py --amp fp32,bf16      # each precision; agreement with the first
+    .venv/bin/python bench/predict.py --runtime torch,openvino --amp fp32,bf16   # × each CPU runtime
 
 The case is a FLARE-like CT resampled to 512×512×100 voxels at 0.8×0.8×2.5 mm (what nnU-Net
 v2 3d_fullres needed 541 s for on a 2-core machine). Each run is a fresh process, as FLARE
@@ -19,6 +20,10 @@ architectures randomly initialised (the cost of a network does not depend on its
 ROI the coarse stage finds does, so a random coarse net is timed on the fallback ROI). Each
 weights set gets its own fresh processes; the per-stage split (read, coarse, fine, post) is the
 one `segpipe predict` logs per case.
+
+--runtime openvino times the networks converted to OpenVINO IR: the bench copies each weights
+folder and converts it once (`segpipe package --openvino`; the conversion time is printed), so
+the timed processes read the IR as a packaged submission would.
 """
 
 from __future__ import annotations
@@ -136,12 +141,12 @@ def configured_weights(config_path: str, dest: Path) -> Path:
 
 
 def measure(weights: str, case: Path, scratch: Path, args: argparse.Namespace, env: dict[str, str],
-            floor_src: str, amp: str = "auto") -> dict:
+            floor_src: str, amp: str = "auto", runtime: str = "torch") -> dict:
     """`args.runs` fresh predict processes (each beside a fresh floor process): medians."""
     py = sys.executable
-    out = scratch / f"outputs-{Path(weights).name}-{amp}"
+    out = scratch / f"outputs-{Path(weights).name}-{runtime}-{amp}"
     cmd = [py, "-m", "pipeline", "predict", "-i", str(case.parent), "-o", str(out), "--weights", weights,
-           "--device", args.device, "--set", f"predict.amp={amp}"]
+           "--device", args.device, "--set", f"predict.amp={amp}", "--set", f"predict.runtime={runtime}"]
     if args.threads:
         cmd += ["--set", f"predict.num_threads={args.threads}"]
     floor, runs, splits = [], [], []
@@ -176,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", default="auto",
                         help="predict.amp values to time, comma-separated (e.g. fp32,bf16); each later one is "
                              "compared with the first, per organ, on the same weights")
+    parser.add_argument("--runtime", default="torch",
+                        help="predict.runtime values to time, comma-separated (torch,openvino); with --amp, every "
+                             "pair is timed and compared with the first pair")
     parser.add_argument("--configured-weights", default=None,
                         help="trained weights of --config (default: its networks, randomly initialised)")
     args = parser.parse_args(argv)
@@ -204,14 +212,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = {**os.environ, "SEGPIPE_PROGRESS": "0", "PYTHONPATH": str(ROOT)}
     floor_src = FLOOR.format(cuda="torch.cuda.init(); torch.zeros(1, device='cuda')" if args.device == "cuda" else "")
-    amps = args.amp.split(",")
-    figures = {f"{name} {amp}" if len(amps) > 1 else name: measure(w, case, scratch, args, env, floor_src, amp)
-               for name, w in weights.items() for amp in amps}
+    variants = [(rt, amp) for rt in args.runtime.split(",") for amp in args.amp.split(",")]
+    label = {v: " ".join(x for x, n in zip(v, (len(args.runtime.split(",")), len(args.amp.split(","))), strict=True)
+                         if n > 1) for v in variants}
+    ir = {name: openvino_copy(w, scratch / f"{Path(w).name}-openvino")
+          for name, w in weights.items()} if any(rt == "openvino" for rt, _ in variants) else {}
+    figures = {f"{name} {label[v]}".strip(): measure(ir[name] if v[0] == "openvino" else w, case, scratch, args, env,
+                                                     floor_src, v[1], v[0])
+               for name, w in weights.items() for v in variants}
     agreement = {}
     for name in weights:
-        for amp in amps[1:]:
-            a, b = figures[f"{name} {amps[0]}"]["output"], figures[f"{name} {amp}"]["output"]
-            agreement[f"{name} {amp} vs {amps[0]}"] = _organ_dice(Path(a), Path(b))
+        for v in variants[1:]:
+            a, b = figures[f"{name} {label[variants[0]]}"]["output"], figures[f"{name} {label[v]}"]["output"]
+            agreement[f"{name} {label[v]} vs {label[variants[0]]}"] = _organ_dice(Path(a), Path(b))
     load = os.getloadavg()[0]
     for name, med in figures.items():
         split = ", ".join(f"{k} {v:.2f}" for k, v in med["stages_s"].items()) or "n/a"
@@ -228,6 +241,21 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({**shipped, "load": load, "all": figures, "agreement": agreement},
                                               indent=1))
     return 0 if all(f["ok"] for f in figures.values()) else 1
+
+
+def openvino_copy(weights: str, dest: Path) -> str:
+    """A copy of `weights` with its networks converted to OpenVINO IR (as `segpipe package --openvino`)."""
+    import shutil
+
+    from pipeline.inference.openvino_net import write_openvino
+
+    if not (dest / "manifest.json").is_file() or "openvino" not in (dest / "manifest.json").read_text():
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(weights, dest)
+        t = time.perf_counter()
+        shapes = write_openvino(dest)
+        print(f"{Path(weights).name}: converted to OpenVINO IR in {time.perf_counter() - t:.1f} s ({shapes})")
+    return str(dest)
 
 
 def _organ_dice(a_path: Path, b_path: Path) -> dict[str, float]:

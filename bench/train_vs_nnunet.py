@@ -129,7 +129,7 @@ SEMI_MODES: dict[str, list[str]] = {
 SEMI_MODES["cps_uif_cutmix"] = [*SEMI_MODES["cps_uif"], "train.cps.cutmix=true"]
 COMMON_TRAIN = ["coarse.train.batch_size=2", "fine.train.batch_size=2", "train.num_threads=1", "train.workers=0",
                 "train.channels_last=true", "train.warmup_epochs=1", "train.val_every=2", "train.keep_checkpoints=1000",
-                "train.cps.enabled=false", "train.uif.enabled=false"]
+                "train.cps.enabled=false", "train.cps.cutmix=false", "train.uif.enabled=false"]
 
 
 def parse() -> argparse.Namespace:

@@ -423,6 +423,8 @@ class PredictSection(Section):
     z_window_mm: float | None = Field(240.0, gt=0)  # CSSN: ROI z-window around the main component
     roi_margin_mm: float | None = Field(None, ge=0)  # None → the margin the fine samples were prepared with
     amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on CPU
+    # the CPU runtime of the networks; auto: OpenVINO when installed and the weights carry its IR
+    runtime: Literal["auto", "torch", "openvino"] = "auto"
     postprocess: PostprocessPlan | None = None  # None → the weights' manifest, else the task default
     gc_output_slug: str | None = None  # grand-challenge output interface; None → the input's slug
     num_threads: int | None = Field(None, ge=1)  # None → the cores this process may use

@@ -5,6 +5,7 @@
     segpipe package --task flare --target grand-challenge --gc-output-slug abdominal-organ-segmentation  # + out/model.tar.gz
     segpipe package --task brats --target brats2025                             # no-command /input → /output image
     segpipe package --task flare --from-work WORK --weights WORK/model_weights --no-image   # assemble weights only
+    segpipe package --task flare --weights model_weights/flare_x --openvino --no-image     # + OpenVINO IR (fast CPU runtime)
 
 Targets (default: flare for --task flare, mlcube for --task brats): flare (`sh predict.sh`),
 mlcube (BraTS ≤2024: `infer ...`), grand-challenge (no command, /input → /output/images/<slug>/,
@@ -28,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="DIR", help="weights folder (default: the shipped weights of the task)")
     parser.add_argument("--team", default="segpipe", help="image/team name (lower-cased, as FLARE requires)")
     parser.add_argument("--from-work", metavar="WORK", help="first export WORK's trained stages into --weights")
+    parser.add_argument("--openvino", action="store_true",
+                        help="add the networks converted to OpenVINO IR (the fast CPU runtime, predict.runtime)")
     parser.add_argument("--no-image", action="store_true", help="stop after assembling the weights (no docker)")
     parser.add_argument("--base", default=None, help="project image to build on (default: $SEGPIPE_IMAGE or segpipe:dev)")
     parser.add_argument("--out", default="submission", metavar="DIR", help="where the tarball / MLCube files go")
@@ -64,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         check_case_id(args.gc_output_slug)
     weights = Path(args.weights) if args.weights else find_weights(default_weights_root(), args.task)
     weights = find_weights(weights, args.task)
+    if args.openvino:
+        from pipeline.inference.openvino_net import write_openvino
+
+        shapes = write_openvino(weights)
+        print(f"package: OpenVINO IR in {weights} for {', '.join(f'{k} {v}' for k, v in shapes.items()) or 'no stage'}")
     loaded = load_weights(weights, "cpu")  # hashes + state dicts checked before anything is built
     if loaded.task != args.task:
         raise SegpipeError(f"{weights}: weights for task {loaded.task!r}, not {args.task!r}")

@@ -30,11 +30,11 @@ from pipeline import preprocess as pp
 from pipeline.case_images import read_case_images
 from pipeline.config import PredictSection, TaskSection
 from pipeline.device import amp_dtype, autocast
-from pipeline.errors import CaseError
+from pipeline.errors import CaseError, SegpipeError
 from pipeline.inference.modes import InferenceCase
 from pipeline.inference.postprocess import plan_for, postprocess
-from pipeline.inference.roi import roi_from_coarse
-from pipeline.inference.sliding_window import predict_grid
+from pipeline.inference.roi import RoiResult, roi_from_coarse
+from pipeline.inference.sliding_window import model_divisor, predict_grid
 from pipeline.log import get_logger
 from pipeline.weights import LoadedWeights
 
@@ -48,13 +48,23 @@ class CaseResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _divisor(model_cfg: dict[str, Any]) -> tuple[int, int, int]:
-    strides = model_cfg.get("strides") or [2] * (len(model_cfg["channels"]) - 1)
-    out = [1, 1, 1]
-    for s in strides:
-        s3 = [s] * 3 if isinstance(s, int) else list(s)
-        out = [out[a] * int(s3[a]) for a in range(3)]
-    return tuple(out)  # type: ignore[return-value]
+def choose_runtime(setting: str, device: torch.device, weights: LoadedWeights) -> str:
+    """`predict.runtime` → "torch" or "openvino". auto: OpenVINO on the CPU when it is installed and
+    the weights carry converted networks (`segpipe package --openvino`), else torch."""
+    from pipeline.inference.openvino_net import openvino_available
+
+    if setting == "torch":
+        return "torch"
+    if setting == "openvino":
+        if device.type != "cpu":
+            raise SegpipeError(f"predict.runtime=openvino runs on the CPU, not {device.type}; use --device cpu "
+                               "or predict.runtime=torch")
+        if not openvino_available():
+            raise SegpipeError("predict.runtime=openvino: the openvino package is not installed "
+                               "(pip install openvino, or predict.runtime=torch)")
+        return "openvino"
+    has_ir = any("openvino" in sw.info for sw in weights.stages.values())
+    return "openvino" if device.type == "cpu" and has_ir and openvino_available() else "torch"
 
 
 def _linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,7 +92,15 @@ class Predictor:
         self.mirror_axes = tuple(int(a) for a in settings.mirror_axes) if settings.tta else ()
         # None: the task section's default, as a config without task.label_convention gets
         self.label_convention = settings.label_convention or TaskSection.model_fields["label_convention"].default
-        if device.type == "cpu":
+        self.runtime = choose_runtime(settings.runtime, device, weights)
+        self.openvino: dict[str, Any] = {}
+        if self.runtime == "openvino":
+            from pipeline.inference.openvino_net import OpenVinoNet
+
+            self.openvino = {name: OpenVinoNet(weights.path, name, sw.model, sw.info,
+                                               bf16=self.amp_dtype == torch.bfloat16, threads=torch.get_num_threads())
+                             for name, sw in weights.stages.items()}
+        elif device.type == "cpu":
             from pipeline.inference.cpu_conv import use_onednn
 
             for sw in weights.stages.values():
@@ -95,12 +113,14 @@ class Predictor:
         mt = torch.from_numpy(mask)[None].to(self.device)
 
         def forward(t: torch.Tensor) -> torch.Tensor:  # t: one or more windows [B, C, ...]
+            if stage in self.openvino:
+                return self.openvino[stage](t, mt.expand(t.shape[0], -1))
             with autocast(self.device, self.amp_dtype):
                 return sw.model(t, mt.expand(t.shape[0], -1))
 
         window = self.settings.window if stage == "fine" else "auto"
         return predict_grid(forward, xt, int(sw.info["model"]["num_classes"]), patch,
-                            divisor=_divisor(sw.info["model"]), overlap=self.settings.overlap,
+                            divisor=model_divisor(sw.info["model"]), overlap=self.settings.overlap,
                             mirror_axes=self.mirror_axes, window=window, window_batch=self.settings.window_batch)
 
     def _patch(self, stage: str, grid: Sequence[int]) -> list[int]:
@@ -115,6 +135,17 @@ class Predictor:
         x = pp.resample_linear(image, grid)
         logits = self._net("coarse", x, mask, self._patch("coarse", grid))
         return logits.argmax(0).to(torch.uint8).cpu().numpy(), grid
+
+    def roi(self, image: np.ndarray, mask: np.ndarray, shape: tuple[int, int, int],
+               spacing: tuple[float, float, float]) -> tuple[RoiResult, tuple[int, int, int]]:
+        """The fine stage's ROI (coarse foreground box + margin) on the normalised image, and the coarse grid."""
+        coarse_labels, cgrid = self.coarse(image, mask, shape, spacing)
+        margin = self.settings.roi_margin_mm
+        if margin is None:
+            margin = self.weights.stages["fine"].info.get("roi_margin_mm") or self.prep.fine_margin_mm
+        roi = roi_from_coarse(coarse_labels, shape, spacing, margin_mm=float(margin),
+                              min_volume_mm3=self.settings.coarse_min_volume_mm3, z_window_mm=self.settings.z_window_mm)
+        return roi, cgrid
 
     def fine_grid(self, box: pp.IntBox, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> list[int]:
         from data_prepare.process import fine_grid
@@ -176,12 +207,7 @@ class Predictor:
         times["read"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        coarse_labels, cgrid = self.coarse(image, mask, shape, spacing)
-        margin = self.settings.roi_margin_mm
-        if margin is None:
-            margin = self.weights.stages["fine"].info.get("roi_margin_mm") or self.prep.fine_margin_mm
-        roi = roi_from_coarse(coarse_labels, shape, spacing, margin_mm=float(margin),
-                              min_volume_mm3=self.settings.coarse_min_volume_mm3, z_window_mm=self.settings.z_window_mm)
+        roi, cgrid = self.roi(image, mask, shape, spacing)
         box = roi.box
         if box is None:
             log.warning("case %s: the coarse stage found nothing; the fine stage runs on the %s box", case.case_id,

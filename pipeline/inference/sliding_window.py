@@ -9,6 +9,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,6 +74,16 @@ def _mirrored(forward: Forward, x: torch.Tensor, mirror_axes: Sequence[int]) -> 
             out += torch.flip(forward(torch.flip(x, combo)).float(), combo)
             count += 1
     return out / count
+
+
+def model_divisor(model_cfg: dict[str, Any]) -> tuple[int, int, int]:
+    """What a network's input size must be a multiple of on each axis: the product of its strides."""
+    strides = model_cfg.get("strides") or [2] * (len(model_cfg["channels"]) - 1)
+    out = [1, 1, 1]
+    for s in strides:
+        s3 = [s] * 3 if isinstance(s, int) else list(s)
+        out = [out[a] * int(s3[a]) for a in range(3)]
+    return tuple(out)  # type: ignore[return-value]
 
 
 def predict_grid(forward: Forward, x: torch.Tensor, num_classes: int, patch: Sequence[int], *,
