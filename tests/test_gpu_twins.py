@@ -202,12 +202,12 @@ def test_engine_predicts_under_autocast_like_fp32(mode, flare_case, monkeypatch,
     demo = ROOT / "model_weights" / "flare_demo"
     from pipeline.config import PredictSection
 
-    reference = engine.Predictor(load_weights(demo), torch.device("cpu"), PredictSection()).predict(case).labels
+    reference = engine.Predictor(load_weights(demo), torch.device("cpu"), PredictSection(runtime="torch")).predict(case).labels
     # what a CUDA device runs: no CPU oneDNN routing (it bypasses autocast), autocast in `mode`
     monkeypatch.setattr(cpu_conv, "use_onednn", lambda model: 0)
     weights = load_weights(demo)
     seen, handles = conv_dtypes(weights.stages["fine"].model)
-    predictor = engine.Predictor(weights, torch.device("cpu"), PredictSection(amp=mode))
+    predictor = engine.Predictor(weights, torch.device("cpu"), PredictSection(amp=mode, runtime="torch"))
     predictor.amp_dtype = DTYPES[mode]  # what amp_dtype decides on CUDA (the CPU always gets None)
     got = predictor.predict(case).labels
     for h in handles:
@@ -233,10 +233,10 @@ def test_engine_bf16_on_a_cpu_with_native_bf16_agrees_with_fp32(flare_case, one_
     root, image = flare_case
     case = InferenceCase("bf16", {"ct": image}, root / "out_cpu_bf16.nii.gz")
     demo = ROOT / "model_weights" / "flare_demo"
-    reference = engine.Predictor(load_weights(demo), torch.device("cpu"), PredictSection()).predict(case).labels
+    reference = engine.Predictor(load_weights(demo), torch.device("cpu"), PredictSection(runtime="torch")).predict(case).labels
     weights = load_weights(demo)
     seen, handles = conv_dtypes(weights.stages["fine"].model)
-    predictor = engine.Predictor(weights, torch.device("cpu"), PredictSection(amp="bf16"))
+    predictor = engine.Predictor(weights, torch.device("cpu"), PredictSection(amp="bf16", runtime="torch"))
     assert predictor.amp_dtype == torch.bfloat16
     got = predictor.predict(case).labels
     for h in handles:

@@ -67,7 +67,7 @@ def test_packaged_ir_is_listed_hashed_and_verified(flare_ir, tmp_path):
         load_weights(tampered)
 
 
-def test_openvino_predicts_organ_by_organ_like_torch_fp32(flare_ir, flare_case, one_torch_thread):
+def test_openvino_predicts_organ_by_organ_like_torch_fp32(flare_case, one_torch_thread):
     from evaluation.surface import dice
     from pipeline.config import PredictSection
     from pipeline.inference.engine import Predictor
@@ -76,14 +76,17 @@ def test_openvino_predicts_organ_by_organ_like_torch_fp32(flare_ir, flare_case, 
 
     root, image = flare_case
     case = InferenceCase("ov", {"ct": image}, root / "out.nii.gz")
-    torch_path = Predictor(load_weights(FLARE_DEMO), torch.device("cpu"), PredictSection())
-    assert torch_path.runtime == "torch"  # auto without IR in the weights
-    reference = torch_path.predict(case).labels
-    predictor = Predictor(load_weights(flare_ir), torch.device("cpu"), PredictSection())
-    assert predictor.runtime == "openvino"  # auto with IR
+    reference = Predictor(load_weights(FLARE_DEMO), torch.device("cpu"), PredictSection(runtime="torch")).predict(case)
+    reference = reference.labels
+    predictor = Predictor(load_weights(FLARE_DEMO), torch.device("cpu"), PredictSection())
+    assert predictor.runtime == "openvino-ir"  # auto: the shipped FLARE weights carry their IR
     got = predictor.predict(case).labels
     assert {k: v.compiled for k, v in predictor.openvino.items()} and all(predictor.openvino[s].compiled
                                                                           for s in ("coarse", "fine"))
+    # auto never converts: a window the IR does not fit (here: another size) is left to torch
+    fine = predictor.openvino["fine"]
+    assert fine(torch.zeros(1, 1, 32, 64, 48), torch.ones(1, 1, dtype=torch.bool)) is None
+    assert fine(torch.zeros(1, 1, 32, 64, 64), torch.ones(1, 1, dtype=torch.bool)) is not None
     organs = [int(k) for k in np.unique(reference) if k]
     assert len(organs) == 13
     per_organ = {k: dice(reference == k, got == k) for k in organs}
@@ -121,12 +124,12 @@ def test_runtime_choice(monkeypatch):
     from pipeline.inference.engine import choose_runtime
     from pipeline.weights import load_weights
 
-    weights = load_weights(FLARE_DEMO)
+    weights = load_weights(BRATS_DEMO)
     assert choose_runtime("torch", torch.device("cpu"), weights) == "torch"
-    assert choose_runtime("auto", torch.device("cpu"), weights) == "torch"  # no IR
+    assert choose_runtime("auto", torch.device("cpu"), weights) == "torch"  # no IR shipped with the BraTS weights
     assert choose_runtime("openvino", torch.device("cpu"), weights) == "openvino"  # converts in process
     weights.stages["fine"].info["openvino"] = {"xml": "x", "bin": "b", "input": [1], "mask": [True]}
-    assert choose_runtime("auto", torch.device("cpu"), weights) == "openvino"
+    assert choose_runtime("auto", torch.device("cpu"), weights) == "openvino-ir"
     assert choose_runtime("auto", torch.device("cuda"), weights) == "torch"
     with pytest.raises(SegpipeError, match="runs on the CPU"):
         choose_runtime("openvino", torch.device("cuda"), weights)

@@ -49,8 +49,12 @@ class CaseResult:
 
 
 def choose_runtime(setting: str, device: torch.device, weights: LoadedWeights) -> str:
-    """`predict.runtime` → "torch" or "openvino". auto: OpenVINO on the CPU when it is installed and
-    the weights carry converted networks (`segpipe package --openvino`), else torch."""
+    """`predict.runtime` → "torch", "openvino" or "openvino-ir".
+
+    openvino: every network on OpenVINO, converted in the process where the weights carry no IR
+    for a window shape or modality mask. auto ("openvino-ir"): OpenVINO on the CPU for the windows
+    the weights carry IR for (`segpipe package --openvino`), torch for any other, so auto never
+    waits on a conversion; torch when openvino is not installed or the weights carry no IR."""
     from pipeline.inference.openvino_net import openvino_available
 
     if setting == "torch":
@@ -64,7 +68,7 @@ def choose_runtime(setting: str, device: torch.device, weights: LoadedWeights) -
                                "(pip install openvino, or predict.runtime=torch)")
         return "openvino"
     has_ir = any("openvino" in sw.info for sw in weights.stages.values())
-    return "openvino" if device.type == "cpu" and has_ir and openvino_available() else "torch"
+    return "openvino-ir" if device.type == "cpu" and has_ir and openvino_available() else "torch"
 
 
 def _linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -94,13 +98,14 @@ class Predictor:
         self.label_convention = settings.label_convention or TaskSection.model_fields["label_convention"].default
         self.runtime = choose_runtime(settings.runtime, device, weights)
         self.openvino: dict[str, Any] = {}
-        if self.runtime == "openvino":
+        if self.runtime != "torch":
             from pipeline.inference.openvino_net import OpenVinoNet
 
             self.openvino = {name: OpenVinoNet(weights.path, name, sw.model, sw.info,
-                                               bf16=self.amp_dtype == torch.bfloat16, threads=torch.get_num_threads())
+                                               bf16=self.amp_dtype == torch.bfloat16, threads=torch.get_num_threads(),
+                                               convert_missing=self.runtime == "openvino")
                              for name, sw in weights.stages.items()}
-        elif device.type == "cpu":
+        if device.type == "cpu" and self.runtime != "openvino":  # the torch path (auto: beside the IR)
             from pipeline.inference.cpu_conv import use_onednn
 
             for sw in weights.stages.values():
@@ -114,7 +119,9 @@ class Predictor:
 
         def forward(t: torch.Tensor) -> torch.Tensor:  # t: one or more windows [B, C, ...]
             if stage in self.openvino:
-                return self.openvino[stage](t, mt.expand(t.shape[0], -1))
+                out = self.openvino[stage](t, mt.expand(t.shape[0], -1))
+                if out is not None:
+                    return out
             with autocast(self.device, self.amp_dtype):
                 return sw.model(t, mt.expand(t.shape[0], -1))
 

@@ -123,7 +123,8 @@ def write_openvino(folder: str | Path) -> dict[str, list[int]]:
         model = convert(sw.model, shape, np.ones(len(weights.modalities), bool))
         xml, binf = f"{name}{SUFFIX}.xml", f"{name}{SUFFIX}.bin"
         with tempfile.TemporaryDirectory(dir=folder) as tmp:  # both files appear complete or not at all
-            ov.save_model(model, str(Path(tmp) / xml), compress_to_fp16=False)
+            # fp16 weights (the shipped demo weights) are stored as fp16 again: lossless, half the bytes
+            ov.save_model(model, str(Path(tmp) / xml), compress_to_fp16=sw.info.get("dtype") == "float16")
             for f in (xml, binf):
                 shutil.move(str(Path(tmp) / f), str(folder / f))
         for f in (xml, binf):
@@ -142,19 +143,24 @@ class OpenVinoNet:
     → logits [B, K, ...]. Compiled networks are kept per (input shape, mask)."""
 
     def __init__(self, folder: Path, stage: str, model: nn.Module, info: dict[str, Any], *, bf16: bool,
-                 threads: int) -> None:
+                 threads: int, convert_missing: bool = True) -> None:
         import openvino as ov
 
         self.core = ov.Core()
         self.folder, self.stage, self.model, self.info = folder, stage, model, info
+        self.convert_missing = convert_missing
         self.config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "INFERENCE_NUM_THREADS": int(threads),
                        "PERFORMANCE_HINT": "LATENCY"}
         self.compiled: dict[tuple, Any] = {}
 
-    def _compile(self, shape: tuple[int, ...], mask: tuple[bool, ...]) -> Any:
+    def has_ir(self, shape: tuple[int, ...], mask: tuple[bool, ...]) -> bool:
         ir = self.info.get("openvino")
+        return bool(ir) and tuple(ir["input"]) == shape and tuple(ir["mask"]) == mask
+
+    def _compile(self, shape: tuple[int, ...], mask: tuple[bool, ...]) -> Any:
+        ir = self.info["openvino"] if self.has_ir(shape, mask) else None
         t = time.perf_counter()
-        if ir and tuple(ir["input"]) == shape and tuple(ir["mask"]) == mask:
+        if ir is not None:
             model = self.core.read_model(str(self.folder / ir["xml"]), str(self.folder / ir["bin"]))
             how = "read"
         else:
@@ -166,10 +172,13 @@ class OpenVinoNet:
                  time.perf_counter() - t)
         return compiled.create_infer_request()
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """Logits, or None when this window has no IR and converting is not wanted (the caller runs torch)."""
+        keys = [(tuple(int(v) for v in x.shape[1:]), tuple(bool(v) for v in mask[i].tolist())) for i in range(len(x))]
+        if not self.convert_missing and not all(k in self.compiled or self.has_ir(*k) for k in keys):
+            return None
         rows = []
-        for i in range(x.shape[0]):  # one window per request: the IR has batch 1
-            key = (tuple(int(v) for v in x.shape[1:]), tuple(bool(v) for v in mask[i].tolist()))
+        for i, key in enumerate(keys):  # one window per request: the IR has batch 1
             request = self.compiled.get(key)
             if request is None:
                 request = self.compiled[key] = self._compile(*key)
