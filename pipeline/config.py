@@ -33,7 +33,7 @@ class TaskSection(Section):
 
 class PrepareSection(Section):
     layout: Literal["auto", "flare", "brats", "nnunet", "flat"] = "auto"
-    coarse_size: tuple[int, int, int] | None = (160, 160, 160)  # (z, y, x); None → use coarse_spacing
+    coarse_size: tuple[int, int, int] | None = (64, 128, 128)  # (z, y, x); None → use coarse_spacing (bench/coarse_grid.py)
     coarse_spacing: tuple[float, float, float] | None = None  # mm, (z, y, x)
     fine_size: tuple[int, int, int] | None = (96, 192, 192)  # (z, y, x); None → use fine_spacing
     fine_spacing: tuple[float, float, float] | None = None  # mm, (z, y, x)

@@ -6,8 +6,8 @@ Two storages, chosen by `prepare.sample_storage` (bench/prepare.py `storage` mea
 - `zstd` (default): images as int16 with a power-of-two step (2^-10 of the normalised unit),
   byte-shuffled (high and low bytes in two planes, which is what makes numeric data compress)
   and zstd-compressed; labels uint8, zstd-compressed. About 5× smaller than float32 on the
-  synthetic FLARE set (≈ 6 MB per labeled case at the default config instead of 31 MB), decoded
-  whole on each read (~15 ms for a 160³ coarse sample).
+  synthetic FLARE set (≈ 6 MB per labeled case with a 160³ coarse grid instead of 31 MB), decoded
+  whole on each read (~15 ms for a 160³ coarse sample; the default 64×128×128 has a quarter of its voxels).
 - `npy`: float16 .npy, memory-mapped like format 1; half the size of float32, no decoding and
   partial reads (patches) touch only the patch. Consumers converting with
   `np.array(x, dtype=np.float32)` get the same values either way.

@@ -269,3 +269,29 @@ def test_case_images_are_canonical_and_reject_disagreeing_grids(tmp_path):
         read_case_images("c1", {"t1": tmp_path / "a.nii.gz", "t2": tmp_path / "b.nii.gz"}, 1e-3)
     with pytest.raises(CaseError, match="case c1: no image file"):
         read_case_images("c1", {"t1": None}, 1e-3)
+
+
+def test_upsampling_interpolates_only_boundary_cells_and_equals_trilinear_then_argmax(tmp_path, monkeypatch):
+    """Organ-like logits (smooth blobs): most cells agree and take their label by lookup; the
+    boundary voxels go through the gathered 8-corner interpolation, and the map is still
+    F.interpolate's trilinear upsampling followed by argmax."""
+    from pipeline.config import PredictSection
+    from pipeline.inference import engine
+    from pipeline.weights import load_weights as lw
+
+    grid = torch.stack(torch.meshgrid(*(torch.linspace(0, 1, n) for n in (12, 16, 14)), indexing="ij"))
+    centres = torch.tensor([[0.5, 0.5, 0.5], [0.2, 0.3, 0.7], [0.8, 0.6, 0.3], [0.4, 0.8, 0.8], [0.7, 0.2, 0.2]])
+    logits = torch.stack([-((grid - c[:, None, None, None]) ** 2).sum(0) * 20 for c in centres])
+    logits[0] += 0.05  # background where no blob is near
+    out_shape = (40, 50, 45)
+    ref = F.interpolate(logits[None], size=out_shape, mode="trilinear", align_corners=False)[0].argmax(0)
+    points = []
+    real = engine._trilinear_points
+    monkeypatch.setattr(engine, "_trilinear_points", lambda planes, *taps: points.append(len(taps[0][0])) or
+                        real(planes, *taps))
+    pred = engine.Predictor(lw(make_random_weights(tmp_path / "w")), torch.device("cpu"),
+                            PredictSection(upsample_chunk_floats=50_000))
+    got = pred.upsample_argmax(logits, out_shape)
+    assert len(set(np.unique(got))) == 5
+    assert points and 0 < sum(points) < 0.25 * np.prod(out_shape)  # only boundary voxels interpolated
+    assert np.mean(got == ref.numpy()) > 0.9999

@@ -77,7 +77,7 @@ def test_compose_prepare_with_read_only_data(docker_client, segpipe_image, tmp_p
         rec = store.record(cid)
         assert rec["sources"]["ct"]["path"].startswith("/data/")
         coarse = store.load(cid, "coarse")
-        assert coarse.image.shape == (1, 160, 160, 160) and np.isfinite(np.asarray(coarse.image)).all()
+        assert coarse.image.shape == (1, 64, 128, 128) and np.isfinite(np.asarray(coarse.image)).all()
         fine = store.load(cid, "fine")
         assert fine.image.shape == (1, 96, 192, 192)
         assert (fine.label is None) == (cid == "FLARE22_Unl_0001")

@@ -57,20 +57,20 @@ def test_encodings_keep_normalised_intensities_below_source_precision(tmp_path):
 
 
 def test_default_config_is_at_most_8_mb_per_case(tmp_path):
-    """Done-when of issue #16: coarse 160³ + fine 96×192×192 (+ jitter margin) per case."""
+    """Done-when of issue #16: coarse 64×128×128 + fine 96×192×192 (+ jitter margin) per case."""
     from pipeline.synth import write_flare_dataset
 
     data, work = tmp_path / "data", tmp_path / "work"
     write_flare_dataset(data, cases=1, unlabeled=1, size="small", seed=5)
     assert main(["prepare", "--data", str(data), "--work", str(work), "--workers", "2"]) == 0
     report = json.loads((work / "prepare_report.json").read_text())
-    assert report["config"]["coarse_size"] == [160, 160, 160] and report["config"]["fine_size"] == [96, 192, 192]
+    assert report["config"]["coarse_size"] == [64, 128, 128] and report["config"]["fine_size"] == [96, 192, 192]
     on_disk = sum(p.stat().st_size for p in (work / SAMPLES_DIRNAME).rglob("*") if p.is_file())
     assert report["sample_bytes"] == report["sample_bytes_written"] == on_disk
     assert on_disk / 2 <= 8e6, f"{on_disk / 2 / 1e6:.1f} MB per case"
     store = SampleStore(work)
     sample = store.load(store.case_ids("labeled")[0], "coarse")
-    assert sample.image.shape == (1, 160, 160, 160) and sample.image.dtype == np.float32
+    assert sample.image.shape == (1, 64, 128, 128) and sample.image.dtype == np.float32
 
 
 def test_format_1_folders_read_newer_and_corrupt_ones_are_refused(tmp_path):

@@ -79,6 +79,20 @@ def _linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Ten
     return i0.to(device), i1.to(device), (pos - i0).float().to(device)
 
 
+Taps = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # lower index, upper index, upper weight [n, 1]
+
+
+def _trilinear_points(planes: torch.Tensor, tz: Taps, ty: Taps, tx: Taps) -> torch.Tensor:
+    """planes [Z, Y, X, K] interpolated at n points given by their taps per axis → [n, K]."""
+    (za, zb, wz), (ya, yb, wy), (xa, xb, wx) = tz, ty, tx
+
+    def along_x(zi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return torch.lerp(planes[zi, yi, xa], planes[zi, yi, xb], wx)
+
+    return torch.lerp(torch.lerp(along_x(za, ya), along_x(za, yb), wy),
+                      torch.lerp(along_x(zb, ya), along_x(zb, yb), wy), wz)
+
+
 class Predictor:
     """Loaded weights + options; `predict(case)` → CaseResult. Reused across the cases of a run."""
 
@@ -162,11 +176,13 @@ class Predictor:
     def upsample_argmax(self, logits: torch.Tensor, out_shape: Sequence[int]) -> np.ndarray:
         """argmax of the trilinearly (align_corners=False) upsampled logits on `out_shape`, uint8 on the CPU.
 
-        Separable and chunked over output slices: lerp along z, then y at the fine x size (both
-        small), then x, classes last so that the argmax runs over contiguous memory; peak memory
-        is one chunk of K × slices × Y × X floats. Exact shortcut: where the 8 fine-grid nodes
-        around a voxel share one argmax c, every convex combination keeps c on top, so chunks
-        whose cells all agree take their labels by lookup without interpolating.
+        Exact shortcut: where the 8 fine-grid nodes around a voxel share one argmax c, every convex
+        combination keeps c on top, so such voxels take c by lookup. Only the voxels of the other
+        cells (organ boundaries: a few per cent for a trained network) are interpolated: gathered
+        8 corners × K classes each, when they are fewer than a quarter of a chunk; else the chunk is
+        interpolated whole and separably (lerp along z, then y at the fine x size, then x, classes
+        last so that the argmax runs over contiguous memory). Chunks are output slices holding at
+        most `predict.upsample_chunk_floats` floats.
         """
         k, fz, fy, fx = logits.shape
         dev = logits.device
@@ -184,13 +200,21 @@ class Predictor:
         for a in range(0, oz, step):
             zs = slice(a, min(oz, a + step))
             cells = uniform[z0[zs]][:, y0][:, :, x0]
-            if bool(cells.all()):
-                out[zs] = low[z0[zs]][:, y0][:, :, x0]
+            out[zs] = low[z0[zs]][:, y0][:, :, x0]
+            mixed = (~cells).nonzero()  # [n, 3] local (z, y, x) of the voxels to interpolate
+            n = int(mixed.shape[0])
+            if n == 0:
                 continue
-            v = torch.lerp(planes[z0[zs]], planes[z1[zs]], wz[zs, None, None, None])  # [c, fy, fx, K]
-            v = torch.lerp(v[:, y0], v[:, y1], wy_)  # [c, oy, fx, K]
-            v = torch.lerp(v[:, :, x0], v[:, :, x1], wx_)  # [c, oy, ox, K]
-            out[zs] = v.argmax(-1).to(torch.uint8)
+            if 4 * n > cells.numel():  # mostly boundary: the separable pass is cheaper
+                v = torch.lerp(planes[z0[zs]], planes[z1[zs]], wz[zs, None, None, None])  # [c, fy, fx, K]
+                v = torch.lerp(v[:, y0], v[:, y1], wy_)  # [c, oy, fx, K]
+                v = torch.lerp(v[:, :, x0], v[:, :, x1], wx_)  # [c, oy, ox, K]
+                out[zs] = v.argmax(-1).to(torch.uint8)
+                continue
+            iz, iy, ix = mixed[:, 0] + a, mixed[:, 1], mixed[:, 2]
+            v = _trilinear_points(planes, (z0[iz], z1[iz], wz[iz, None]), (y0[iy], y1[iy], wy[iy, None]),
+                                  (x0[ix], x1[ix], wx[ix, None]))
+            out[iz, iy, ix] = v.argmax(-1).to(torch.uint8)
         return out.cpu().numpy()
 
     # the case ------------------------------------------------------------------------------
