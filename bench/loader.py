@@ -4,6 +4,8 @@
     python bench/loader.py --storage       # + the same arrays as LMDB blobs: why samples are .npy files
     python bench/loader.py --step          # + one CPU training step of the coarse and fine models, for scale
     python bench/loader.py --work WORK     # use an existing prepared work folder
+    python bench/loader.py --before        # + issue #16's starting point first: float32 .npy samples
+                                           #   (sample format 1) at the former 160³ coarse grid
 
 Without --work, a few cases are prepared with the FLARE config (coarse 160³, fine 96×192×192 +
 jitter margin: production sample sizes) from 100×256×256 phantom volumes.
@@ -54,18 +56,45 @@ def rate(fn, n: int) -> tuple[float, float]:
     return 1.0 / med, med * 1000
 
 
-def make_work(tmp: Path, cases: int) -> Path:
+def make_work(tmp: Path, cases: int, name: str = "work", sets: tuple[str, ...] = ()) -> Path:
     sys.path.insert(0, str(ROOT / "bench"))
     import subprocess
 
     from prepare import write_cases  # bench/prepare.py
 
-    data, work = tmp / "data", tmp / "work"
-    write_cases(data, cases, (100, 256, 256))
+    data, work = tmp / "data", tmp / name
+    if not data.exists():
+        write_cases(data, cases, (100, 256, 256))
     subprocess.run([sys.executable, "-m", "pipeline", "prepare", "--data", str(data), "--work", str(work),
-                    "--config", "flare", "--workers", "2"], check=True, cwd=ROOT,
-                   env={**os.environ, "PYTHONPATH": str(ROOT), "SEGPIPE_PROGRESS": "0"})
+                    "--config", "flare", "--workers", "2", *(x for v in sets for x in ("--set", v))], check=True,
+                   cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "SEGPIPE_PROGRESS": "0"})
     return work
+
+
+def as_format_1(work: Path, dest: Path) -> Path:
+    """A copy of `work` as sample format 1 stored it (float32/uint8 .npy, records without codec),
+    which SampleStore still reads: the starting point the int16 + zstd format is measured against."""
+    from pipeline import sample_arrays
+    from pipeline.case_index import CaseIndex
+
+    shutil.copytree(work, dest)
+    with CaseIndex(dest, writable=True) as index, index.write() as txn:
+        for case_id, rec in index.records().items():
+            for stage in ("coarse", "fine"):
+                for kind in ("image", "label"):
+                    info = rec[stage].get(kind)
+                    if not info:
+                        continue
+                    array = sample_arrays.read(dest / info["path"], info, mmap=False)
+                    (dest / info["path"]).unlink()
+                    rel = f"samples/{stage}/{case_id}_{kind}.npy"
+                    np.save(dest / rel, array, allow_pickle=False)
+                    rec[stage][kind] = {"path": rel, "shape": list(array.shape), "dtype": str(array.dtype)}
+            txn.put(rec)
+        meta = txn.get_meta("prepare")
+        meta.pop("sample_format", None)
+        txn.set_meta("prepare", meta)
+    return dest
 
 
 def bench_store(store: SampleStore, n: int) -> None:
@@ -83,7 +112,7 @@ def bench_store(store: SampleStore, n: int) -> None:
 
     def read(stage):  # what a consumer does: float32 image, uint8 label
         def fn(i):
-            s = store.load(pick[i], stage)
+            s = store.load(pick[i % n], stage)
             np.array(s.image, dtype=np.float32), None if s.label is None else np.array(s.label)
         return fn
 
@@ -245,10 +274,17 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=40)
     parser.add_argument("--storage", action="store_true")
     parser.add_argument("--step", action="store_true")
+    parser.add_argument("--before", action="store_true",
+                        help="first time float32 .npy samples at a 160³ coarse grid (issue #16's starting point)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="segpipe-loader-"))
     try:
         print(f"machine: {machine()}")
+        if args.before:
+            old = make_work(tmp, args.cases, "work160", ("prepare.coarse_size=[160,160,160]",))
+            print("\n=== before: sample format 1 (float32 .npy), coarse 160³")
+            bench_store(SampleStore(as_format_1(old, tmp / "before")), args.reads)
+            print("\n=== now: the default config (int16 + zstd, coarse 64×128×128)")
         work = args.work or make_work(tmp, args.cases)
         store = SampleStore(work)
         bench_store(store, args.reads)
