@@ -7,7 +7,7 @@
     python bench/loader.py --before        # + issue #16's starting point first: float32 .npy samples
                                            #   (sample format 1) at the former 160³ coarse grid
 
-Without --work, a few cases are prepared with the FLARE config (coarse 160³, fine 96×192×192 +
+Without --work, a few cases are prepared with the FLARE config (coarse 64×128×128, fine 96×192×192 +
 jitter margin: production sample sizes) from 100×256×256 phantom volumes.
 """
 

@@ -5,8 +5,7 @@
 
 synth → `segpipe prepare` → `segpipe train coarse` → `segpipe train fine` (the stage commands a user
 runs, nothing set up here) → fp16 safetensors + manifest in model_weights/<task>_demo/, which
-records the training data (synthetic, generator, seed); FLARE's also carries its networks as OpenVINO
-IR (`segpipe package --openvino`, the CPU runtime predict picks by default). The configs are
+records the training data (synthetic, generator, seed). The configs are
 model_weights/demo/<task>.yaml; training runs on the CPU with fixed seeds. FLARE: the data of
 bench/train_vs_nnunet.py (`segpipe synth flare --cases 18 --seed 1`, small), fold 0 — the shipped
 weights are that benchmark's 8,000-iteration run. BraTS: fixed seeds, mixed header orientations. The BraTS coarse localiser trains with random modality dropout
@@ -83,10 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         manifest = package_work(prepared, dest, name=dest.name, fp16=True,
                                 extra={"trained_on": f"{n} synthetic {args.task} cases (model_weights/regenerate.py)",
                                        "training_data": training_data})
-        if args.task == "flare":  # fixed window shapes: the OpenVINO IR serves every case (predict.runtime auto)
-            from pipeline.inference.openvino_net import write_openvino
-
-            write_openvino(dest)
         size = sum(p.stat().st_size for p in dest.iterdir())
         log.info("package: %s (%.2f MB)", manifest, size / 1e6)
     return 0

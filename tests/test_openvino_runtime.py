@@ -67,7 +67,7 @@ def test_packaged_ir_is_listed_hashed_and_verified(flare_ir, tmp_path):
         load_weights(tampered)
 
 
-def test_openvino_predicts_organ_by_organ_like_torch_fp32(flare_case, one_torch_thread):
+def test_openvino_predicts_organ_by_organ_like_torch_fp32(flare_ir, flare_case, one_torch_thread):
     from evaluation.surface import dice
     from pipeline.config import PredictSection
     from pipeline.inference.engine import Predictor
@@ -76,10 +76,11 @@ def test_openvino_predicts_organ_by_organ_like_torch_fp32(flare_case, one_torch_
 
     root, image = flare_case
     case = InferenceCase("ov", {"ct": image}, root / "out.nii.gz")
-    reference = Predictor(load_weights(FLARE_DEMO), torch.device("cpu"), PredictSection(runtime="torch")).predict(case)
-    reference = reference.labels
-    predictor = Predictor(load_weights(FLARE_DEMO), torch.device("cpu"), PredictSection())
-    assert predictor.runtime == "openvino-ir"  # auto: the shipped FLARE weights carry their IR
+    torch_path = Predictor(load_weights(FLARE_DEMO), torch.device("cpu"), PredictSection())
+    assert torch_path.runtime == "torch"  # auto: the shipped weights carry no IR
+    reference = torch_path.predict(case).labels
+    predictor = Predictor(load_weights(flare_ir), torch.device("cpu"), PredictSection())
+    assert predictor.runtime == "openvino-ir"  # auto: packaged with --openvino
     got = predictor.predict(case).labels
     assert {k: v.compiled for k, v in predictor.openvino.items()} and all(predictor.openvino[s].compiled
                                                                           for s in ("coarse", "fine"))
@@ -124,9 +125,9 @@ def test_runtime_choice(monkeypatch):
     from pipeline.inference.engine import choose_runtime
     from pipeline.weights import load_weights
 
-    weights = load_weights(BRATS_DEMO)
+    weights = load_weights(FLARE_DEMO)
     assert choose_runtime("torch", torch.device("cpu"), weights) == "torch"
-    assert choose_runtime("auto", torch.device("cpu"), weights) == "torch"  # no IR shipped with the BraTS weights
+    assert choose_runtime("auto", torch.device("cpu"), weights) == "torch"  # the shipped weights carry no IR
     assert choose_runtime("openvino", torch.device("cpu"), weights) == "openvino"  # converts in process
     weights.stages["fine"].info["openvino"] = {"xml": "x", "bin": "b", "input": [1], "mask": [True]}
     assert choose_runtime("auto", torch.device("cpu"), weights) == "openvino-ir"

@@ -1,8 +1,12 @@
 """OpenVINO as the CPU runtime of a stage's network (`predict.runtime`).
 
-On the CPU, OpenVINO runs our 3D networks several times faster than torch's oneDNN path
-(`bench/predict.py --runtime torch,openvino`): it fuses conv + norm + activation and keeps the
-blocked memory layout from layer to layer instead of reordering around every convolution.
+OpenVINO fuses conv + norm + activation and keeps a blocked memory layout from layer to layer
+instead of reordering around every convolution. What that buys was measured, not assumed
+(`bench/predict.py --runtime torch,openvino`, README "Prediction"): the configured full-size
+networks' fine forward ran 3.6× faster on one busy core, but the whole process on 2 cores only
+10–20 % faster, with about twice torch's peak memory, and the tiny demo networks are slower
+(a compile per stage and process). So it is
+an opt-in, not the default: `auto` uses it only for weights packaged with its IR.
 
 A network is converted for one input shape and one modality mask (the missing-modality
 networks branch on the mask in Python, so a traced graph holds one mask): torch.export, then
