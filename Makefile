@@ -14,7 +14,7 @@ ORACLE_STAMP := $(ORACLE)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,anatomy,evaluate]'
+	$(BIN)/pip install --quiet -e '.[dev,anatomy,evaluate,openvino]'
 	touch $(STAMP)
 
 install: $(STAMP)

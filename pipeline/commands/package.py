@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--team", default="segpipe", help="image/team name (lower-cased, as FLARE requires)")
     parser.add_argument("--from-work", metavar="WORK", help="first export WORK's trained stages into --weights")
     parser.add_argument("--openvino", action="store_true",
-                        help="add the networks converted to OpenVINO IR (the fast CPU runtime, predict.runtime)")
+                        help="add the networks converted to OpenVINO IR (predict.runtime; needs segpipe[openvino])")
     parser.add_argument("--no-image", action="store_true", help="stop after assembling the weights (no docker)")
     parser.add_argument("--base", default=None, help="project image to build on (default: $SEGPIPE_IMAGE or segpipe:dev)")
     parser.add_argument("--out", default="submission", metavar="DIR", help="where the tarball / MLCube files go")

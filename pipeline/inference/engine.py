@@ -65,10 +65,16 @@ def choose_runtime(setting: str, device: torch.device, weights: LoadedWeights) -
                                "or predict.runtime=torch")
         if not openvino_available():
             raise SegpipeError("predict.runtime=openvino: the openvino package is not installed "
-                               "(pip install openvino, or predict.runtime=torch)")
+                               "(pip install 'segpipe[openvino]', or predict.runtime=torch)")
         return "openvino"
     has_ir = any("openvino" in sw.info for sw in weights.stages.values())
-    return "openvino-ir" if device.type == "cpu" and has_ir and openvino_available() else "torch"
+    if device.type != "cpu" or not has_ir:
+        return "torch"
+    if not openvino_available():
+        log.warning("%s carries OpenVINO IR, but the openvino package is not installed: torch runs the networks "
+                    "(pip install 'segpipe[openvino]')", weights.path)
+        return "torch"
+    return "openvino-ir"
 
 
 def _linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -109,10 +109,13 @@ def nominal_input(stage: str, info: dict[str, Any], preprocessing: dict[str, Any
 def write_openvino(folder: str | Path) -> dict[str, list[int]]:
     """Convert each stage of the weights in `folder` for its nominal input with every modality
     present; add the IR files to the manifest (sha256). Returns stage → input shape."""
-    import openvino as ov
-
+    from pipeline.errors import SegpipeError
     from pipeline.fsutil import atomic_write_text, sha256_file
     from pipeline.weights import MANIFEST, load_weights
+
+    if not openvino_available():
+        raise SegpipeError("OpenVINO IR needs the openvino package: pip install 'segpipe[openvino]'")
+    import openvino as ov
 
     folder = Path(folder)
     weights = load_weights(folder, "cpu")
