@@ -2,11 +2,11 @@
 
 OpenVINO fuses conv + norm + activation and keeps a blocked memory layout from layer to layer
 instead of reordering around every convolution. What that buys was measured, not assumed
-(`bench/predict.py --runtime torch,openvino`, README "Prediction"): the configured full-size
-networks' fine forward ran 3.6× faster on one busy core, but the whole process on 2 cores only
-10–20 % faster, with about twice torch's peak memory, and the tiny demo networks are slower
-(a compile per stage and process). So it is
-an opt-in, not the default: `auto` uses it only for weights packaged with its IR.
+(`bench/cpu_runtimes.py`, `bench/predict.py --runtime torch,openvino`, README "Prediction"): on
+2 quiet cores the configured fine network's forward is about 3× faster than torch's (fp32 3.87 →
+1.41 s, bf16 2.12 → 0.74 s), but the whole process only 10–20 %, because the network is no longer most of
+it, at about twice torch's peak memory; the tiny demo networks are slower (a compile per stage
+and process). So it is an opt-in, not the default: `auto` uses it only for weights packaged with its IR.
 
 A network is converted for one input shape and one modality mask (the missing-modality
 networks branch on the mask in Python, so a traced graph holds one mask): torch.export, then
