@@ -248,8 +248,13 @@ def openvino_copy(weights: str, dest: Path) -> str:
     import shutil
 
     from pipeline.inference.openvino_net import write_openvino
+    from pipeline.weights import WeightsError, read_manifest
 
-    if not (dest / "manifest.json").is_file() or "openvino" not in (dest / "manifest.json").read_text():
+    try:
+        converted = any("openvino" in stage for stage in read_manifest(dest)["stages"].values())
+    except WeightsError:
+        converted = False
+    if not converted:
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(weights, dest)
         t = time.perf_counter()

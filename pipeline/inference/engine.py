@@ -164,7 +164,7 @@ class Predictor:
         return logits.argmax(0).to(torch.uint8).cpu().numpy(), grid
 
     def roi(self, image: np.ndarray, mask: np.ndarray, shape: tuple[int, int, int],
-               spacing: tuple[float, float, float]) -> tuple[RoiResult, tuple[int, int, int]]:
+            spacing: tuple[float, float, float]) -> tuple[RoiResult, tuple[int, int, int]]:
         """The fine stage's ROI (coarse foreground box + margin) on the normalised image, and the coarse grid."""
         coarse_labels, cgrid = self.coarse(image, mask, shape, spacing)
         margin = self.settings.roi_margin_mm
@@ -206,16 +206,16 @@ class Predictor:
         for a in range(0, oz, step):
             zs = slice(a, min(oz, a + step))
             cells = uniform[z0[zs]][:, y0][:, :, x0]
-            out[zs] = low[z0[zs]][:, y0][:, :, x0]
             mixed = (~cells).nonzero()  # [n, 3] local (z, y, x) of the voxels to interpolate
             n = int(mixed.shape[0])
-            if n == 0:
-                continue
             if 4 * n > cells.numel():  # mostly boundary: the separable pass is cheaper
                 v = torch.lerp(planes[z0[zs]], planes[z1[zs]], wz[zs, None, None, None])  # [c, fy, fx, K]
                 v = torch.lerp(v[:, y0], v[:, y1], wy_)  # [c, oy, fx, K]
                 v = torch.lerp(v[:, :, x0], v[:, :, x1], wx_)  # [c, oy, ox, K]
                 out[zs] = v.argmax(-1).to(torch.uint8)
+                continue
+            out[zs] = low[z0[zs]][:, y0][:, :, x0]
+            if n == 0:
                 continue
             iz, iy, ix = mixed[:, 0] + a, mixed[:, 1], mixed[:, 2]
             v = _trilinear_points(planes, (z0[iz], z1[iz], wz[iz, None]), (y0[iy], y1[iy], wy[iy, None]),

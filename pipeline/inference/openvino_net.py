@@ -21,7 +21,6 @@ weights: nothing is unpickled.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -92,17 +91,17 @@ def convert(model: nn.Module, shape: Sequence[int], mask: np.ndarray) -> Any:
 def nominal_input(stage: str, info: dict[str, Any], preprocessing: dict[str, Any]) -> list[int] | None:
     """[C, Z, Y, X] of the windows a stage sees on every case, or None when that depends on the case
     (a grid from a spacing, smaller than the patch)."""
-    from pipeline.inference.sliding_window import model_divisor
+    from pipeline.inference.sliding_window import model_divisor, one_pass, padded_to
 
     model = info["model"]
     size = preprocessing.get("coarse_size" if stage == "coarse" else "fine_size")
     patch = info.get("patch_size")
-    if patch and (size is None or any(int(s) > int(p) for s, p in zip(size, patch, strict=True))):
-        window = [int(p) for p in patch]  # sliding windows of the patch
-    elif size is not None:
-        window = [math.ceil(int(s) / d) * d for s, d in zip(size, model_divisor(model), strict=True)]
-    else:
+    if size is None and not patch:
         return None
+    if size is None or not one_pass(size, patch or size):
+        window = [int(p) for p in patch]  # sliding windows of the patch
+    else:
+        window = padded_to(size, model_divisor(model))
     return [int(model.get("in_channels", 1)), *window]
 
 

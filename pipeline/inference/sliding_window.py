@@ -86,6 +86,18 @@ def model_divisor(model_cfg: dict[str, Any]) -> tuple[int, int, int]:
     return tuple(out)  # type: ignore[return-value]
 
 
+def one_pass(size: Sequence[int], patch: Sequence[int], window: str = "auto") -> bool:
+    """Whether `predict_grid` evaluates a grid of `size` in one pass (else sliding windows of `patch`)."""
+    if window not in ("auto", "whole", "sliding"):
+        raise ValueError(f"unknown window mode {window!r} (auto, whole, sliding)")
+    return window == "whole" or (window == "auto" and all(int(s) <= int(p) for s, p in zip(size, patch, strict=True)))
+
+
+def padded_to(size: Sequence[int], divisor: Sequence[int]) -> list[int]:
+    """`size` rounded up to a multiple of `divisor` on each axis: the shape of a one-pass input."""
+    return [math.ceil(int(s) / int(d)) * int(d) for s, d in zip(size, divisor, strict=True)]
+
+
 def predict_grid(forward: Forward, x: torch.Tensor, num_classes: int, patch: Sequence[int], *,
                  divisor: Sequence[int] = (16, 16, 16), overlap: float = 0.5,
                  mirror_axes: Sequence[int] = (), window: str = "auto", window_batch: int = 1) -> torch.Tensor:
@@ -99,13 +111,9 @@ def predict_grid(forward: Forward, x: torch.Tensor, num_classes: int, patch: Seq
     if window_batch < 1:
         raise ValueError(f"window_batch must be at least 1, got {window_batch}")
     size = x.shape[-3:]
-    fits = all(int(size[a]) <= int(patch[a]) for a in range(3))
-    if window == "whole" or (window == "auto" and fits):
-        target = [math.ceil(int(size[a]) / int(divisor[a])) * int(divisor[a]) for a in range(3)]
-        xp, crop = pad_to(x, target)
+    if one_pass(size, patch, window):
+        xp, crop = pad_to(x, padded_to(size, divisor))
         return _mirrored(forward, xp, mirror_axes)[0][(slice(None), *crop)]
-    if window not in ("auto", "sliding"):
-        raise ValueError(f"unknown window mode {window!r} (auto, whole, sliding)")
     patch = [int(p) for p in patch]
     xp, crop = pad_to(x, patch)
     full = xp.shape[-3:]
